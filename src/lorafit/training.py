@@ -1,0 +1,379 @@
+"""Training: config -> run folder, on the Hugging Face Trainer with a PEFT LoRA model.
+
+The steps: resolve the config and check every input before anything is written; load and validate the data;
+measure lengths and choose max_length; load the base, find the modules its checkpoint lacks and wrap it with
+LoRA; train with length-grouped, dynamically padded batches; then save the adapter bundle, score validation
+and test with the one Predictor, and write metrics, history, statistics, predictions and the manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lorafit.artifacts import (
+    atomic_write_text,
+    prepare_output_dir,
+    read_json,
+    write_csv,
+    write_json,
+    write_manifest,
+)
+from lorafit.config import Config, deep_merge
+from lorafit.errors import LorafitError, logger, warn
+from lorafit.presets import DEFAULT_LORA, DEFAULT_TRAINING
+
+TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+@dataclass
+class Run:
+    """A finished run folder: its config, metrics and parameter counts; ``predictor()`` loads it back."""
+
+    path: Path
+    config: Config
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        p = Path(path)
+        cfg = Config.from_yaml(p / "config.yaml")
+        metrics = read_json(p / "metrics.json") if (p / "metrics.json").exists() else {}
+        params = read_json(p / "params.json") if (p / "params.json").exists() else {}
+        return cls(p, cfg, metrics, params)
+
+    def predictor(self, **kw: Any) -> Any:
+        from lorafit.inference import Predictor
+
+        return Predictor.load(self.path, **kw)
+
+
+# ---- precision ---------------------------------------------------------------------------------------------
+def cpu_has_bf16() -> tuple[bool, str]:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False, "cannot read CPU flags"
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if f" {flag}" in flags:
+            return True, f"CPU has {flag}"
+    return False, "CPU lacks AVX512-BF16 and AMX"
+
+
+def resolve_precision(requested: str) -> tuple[str, str]:
+    """The concrete precision (bf16 / fp16 / fp32) and why."""
+    import torch
+
+    if requested == "fp32":
+        return "fp32", "requested"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported() and requested in ("auto", "bf16"):
+            return "bf16", "GPU supports bf16"
+        if requested == "bf16":
+            warn("W001", reason="this GPU lacks bf16")
+            return "fp32", "bf16 unsupported on this GPU"
+        return "fp16", "GPU without bf16" if requested == "auto" else "requested"
+    if requested == "fp16":
+        raise LorafitError("E402", value="fp16", reason="fp16 mixed precision needs a GPU; use bf16 or fp32 on CPU")
+    ok, why = cpu_has_bf16()
+    if ok:
+        return "bf16", why
+    if requested == "bf16":
+        warn("W001", reason=why)
+    return "fp32", why
+
+
+# ---- config resolution -------------------------------------------------------------------------------------
+def build_config(preset: str | None = None, file_cfg: dict[str, Any] | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < preset < config file < CLI flags / --set, then typed validation."""
+    from lorafit.presets import get_preset
+
+    data: dict[str, Any] = {"lora": dict(DEFAULT_LORA), "training": dict(DEFAULT_TRAINING)}
+    if preset:
+        p = get_preset(preset)
+        data = deep_merge(data, copy.deepcopy(p.config))
+        data["preset"] = preset
+    if file_cfg:
+        file_cfg = {k: v for k, v in file_cfg.items() if k != "resolved"}
+        data = deep_merge(data, file_cfg)
+    if overrides:
+        data = deep_merge(data, overrides)
+    return Config.from_dict(data)
+
+
+def default_output_dir() -> str:
+    return str(Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S"))
+
+
+# ---- the pipeline ------------------------------------------------------------------------------------------
+def train(config: Config, *, resume: bool | str = False, quiet: bool = False) -> Run:
+    """Train one run and write its folder; returns the Run. Inputs are validated before anything is written."""
+    task = config.task or "classification"
+    if task == "ner":
+        from lorafit.ner import train_ner
+
+        return train_ner(config, resume=resume, quiet=quiet)
+    return _train_classification(config, resume=resume, quiet=quiet)
+
+
+def _train_classification(config: Config, *, resume: bool | str, quiet: bool) -> Run:
+    from lorafit import data as data_mod
+    from lorafit import modeling
+
+    t0 = time.time()
+    cfg = copy.deepcopy(config)
+    cfg.task = "classification"
+    out = Path(cfg.output.dir or default_output_dir())
+    if not resume and out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise LorafitError("E301", path=out)  # fail before any slow work
+
+    precision, precision_why = resolve_precision(cfg.precision)
+    model_path = modeling.resolve_model(cfg.model.name_or_path, cfg.model.revision)
+    base_config = modeling.load_config(model_path, cfg.model.revision)
+    tokenizer = modeling.load_tokenizer(model_path, "classification", cfg.model.revision)
+    limit = modeling.model_limit(base_config, tokenizer)
+
+    ds = data_mod.load_classification(cfg.data)
+    labels = ds.labels
+    pairs = "text_pair" in ds.splits["train"].column_names
+    lengths = {
+        s: data_mod.token_lengths(d["text"], tokenizer, d["text_pair"] if pairs else None)
+        for s, d in ds.splits.items()
+    }
+    if cfg.data.min_tokens or cfg.data.max_tokens:
+        ds.splits["train"], ds.filtered = data_mod.apply_length_filter(
+            ds.splits["train"], lengths["train"], cfg.data.min_tokens, cfg.data.max_tokens
+        )
+        lengths["train"] = data_mod.token_lengths(ds.splits["train"]["text"], tokenizer,
+                                                  ds.splits["train"]["text_pair"] if pairs else None)
+    stats = {s: data_mod.length_summary(v) for s, v in lengths.items()}
+    suggested = data_mod.suggest_max_length(stats["train"]["p99"], limit)
+    max_length = cfg.data.max_length or suggested
+    if max_length > limit:
+        raise LorafitError("E205", value=max_length, limit=limit)
+    class_weights = _class_weights(cfg.data.class_weights, ds.splits["train"]["label"], labels.names)
+
+    # resolve every run-time choice into the config that is written to the run folder
+    cfg.data.labels = list(labels.names)
+    cfg.data.max_length = max_length
+    cfg.data.text_columns = ds.text_columns
+    cfg.precision = precision
+    cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
+    for key in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg.data, key)
+        if value:
+            setattr(cfg.data, key, str(Path(value).resolve()))
+    id2label = labels.id2label
+
+    base, new_modules = modeling.load_base(model_path, "classification", id2label, cfg.model.revision)
+    modeling.report_new_modules(new_modules)
+    lcfg = modeling.lora_config(base, cfg.lora, "classification", new_modules)
+    if cfg.lora.target_modules is None:
+        cfg.lora.target_modules = sorted(lcfg.target_modules)
+    targs = _training_args(cfg, out, precision)  # validates the pass-through settings before writing
+
+    out = prepare_output_dir(out, cfg.output.overwrite) if not resume else out
+    out.mkdir(parents=True, exist_ok=True)
+    model = modeling.wrap(base, lcfg)
+    counts = modeling.count_parameters(model)
+    cfg.resolved = {
+        "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
+        "new_modules": new_modules, "lora_target_modules": _jsonable_targets(lcfg.target_modules),
+        "modules_to_save": modeling.saved_modules(model), "label_order": list(labels.names),
+        "sources": ds.sources, "filtered_train_rows": ds.filtered,
+    }
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    data_stats = _data_stats(ds, stats, max_length, suggested, limit)
+    write_json(out / "data_stats.json", data_stats)
+    params = {"trainable": counts["trainable"], "total": counts["total"],
+              "total_deduplicated": counts["total_deduplicated"],
+              "percent_trainable": round(100 * counts["trainable"] / counts["total"], 4),
+              "convention": "total counts the frozen original of each fully trained module beside its trainable "
+                            "copy (PEFT's print_trainable_parameters); total_deduplicated is the deployed model"}
+    write_json(out / "params.json", params)
+    if not quiet:
+        _print_summary(cfg, data_stats, params, precision, precision_why)
+
+    def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        enc = tokenizer(batch["text"], batch["text_pair"] if pairs else None, truncation=True, max_length=max_length)
+        enc["labels"] = batch["label"]
+        enc["length"] = [len(x) for x in enc["input_ids"]]
+        return enc
+
+    keep = ["row_id"]
+    tokenized = {
+        s: d.map(tokenize, batched=True, remove_columns=[c for c in d.column_names if c not in keep],
+                 desc=f"tokenizing {s}")
+        for s, d in ds.splits.items()
+    }
+    from lorafit.trainer_utils import build_trainer, run_training
+
+    trainer = build_trainer(model, targs, tokenizer, tokenized["train"], tokenized["validation"], class_weights,
+                            cfg, out)
+    run_training(trainer, out, resume)
+
+    # save the adapter bundle (LoRA + head + every new module) with its tokenizer
+    adapter = out / "adapter"
+    model.save_pretrained(adapter, safe_serialization=True)
+    tokenizer.save_pretrained(adapter)
+    bundle_meta = _bundle_meta("adapter", cfg, base_config, model_path, lcfg, tokenizer, counts,
+                               modeling.saved_modules(model))
+    write_manifest(adapter, bundle_meta)
+
+    from lorafit.inference import Predictor
+
+    predictor = Predictor(model, tokenizer, read_json(adapter / "lorafit.json"))
+    metrics: dict[str, Any] = {"task": "classification", "labels": list(labels.names)}
+    eval_bs = int(targs.per_device_eval_batch_size)
+    for split in ("validation", "test"):
+        if split not in ds.splits:
+            continue
+        d = ds.splits[split]
+        m, probs = predictor.evaluate(d["text"], d["label"], d["text_pair"] if pairs else None, batch_size=eval_bs)
+        metrics[split] = m
+        if split == "test" and cfg.output.save_predictions:
+            _write_predictions(out / "predictions.csv", d["row_id"], d["label"], probs, labels.names)
+    samples = ds.splits["validation"].select(range(min(64, len(ds.splits["validation"]))))
+    write_json(out / "samples.json", {"text": samples["text"], "text_pair": samples["text_pair"] if pairs else None})
+    metrics["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "metrics.json", metrics)
+    write_manifest(out, {"kind": "run", "task": "classification", "preset": cfg.preset})
+    if not quiet:
+        _print_result(out, metrics)
+    return Run(out, cfg, metrics, params, time.time() - t0)
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+def _jsonable_targets(t: Any) -> Any:
+    return sorted(t) if isinstance(t, (set, list, tuple)) else t
+
+
+def _class_weights(spec: Any, train_labels: list[int], names: list[str]) -> list[float] | None:
+    import numpy as np
+
+    if spec is None:
+        return None
+    if spec == "auto":
+        counts = np.bincount(np.asarray(train_labels), minlength=len(names)).astype(float)
+        counts[counts == 0] = 1.0
+        w = counts.sum() / (len(names) * counts)
+        return [round(float(x), 6) for x in w]
+    if len(spec) != len(names):
+        raise LorafitError("E118", got=len(spec), expected=len(names), labels=names)
+    return [float(x) for x in spec]
+
+
+def _training_args(cfg: Config, out: Path, precision: str) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    settings = dict(cfg.training)
+    settings.setdefault("seed", cfg.data.seed)
+    settings["output_dir"] = str(out / "checkpoints")
+    settings["bf16"] = precision == "bf16"
+    settings["fp16"] = precision == "fp16"
+    settings["use_cpu"] = not torch.cuda.is_available()
+    settings["remove_unused_columns"] = False  # our collator keeps only model inputs; 'length' feeds the sampler
+    settings["length_column_name"] = "length"
+    settings.setdefault("logging_strategy", "steps")
+    settings.setdefault("disable_tqdm", False)
+    if cfg.early_stopping_patience:
+        settings["load_best_model_at_end"] = True
+        settings.setdefault("metric_for_best_model", "accuracy" if cfg.task != "ner" else "f1")
+        if settings.get("eval_strategy") != settings.get("save_strategy"):
+            settings["save_strategy"] = settings.get("eval_strategy", "epoch")
+    if settings.get("eval_strategy") == "steps" and "save_steps" not in settings and "eval_steps" in settings:
+        settings["save_steps"] = settings["eval_steps"]
+    try:
+        return TrainingArguments(**settings)
+    except (ValueError, TypeError) as err:
+        raise LorafitError("E008", reason=" ".join(str(err).split())[:400]) from None
+
+
+def _data_stats(ds: Any, stats: dict[str, Any], max_length: int, suggested: int, limit: int) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {"max_length": max_length, "suggested_max_length": suggested, "model_limit": limit,
+                           "labels": ds.labels.names, "splits": {}}
+    for split, d in ds.splits.items():
+        counts = np.bincount(np.asarray(d["label"]), minlength=len(ds.labels)).tolist()
+        s = stats[split]
+        truncated = int(sum(c for c, e in zip(s["histogram"]["counts"], s["histogram"]["edges"][1:], strict=False)
+                            if e > max_length)) if s["max"] > max_length else 0
+        out["splits"][split] = {
+            "rows": len(d), "source": ds.sources.get(split, ""),
+            "class_counts": dict(zip(ds.labels.names, counts, strict=True)),
+            "tokens": s, "rows_over_max_length_approx": truncated,
+        }
+    if ds.filtered:
+        out["length_filter_removed"] = ds.filtered
+    return out
+
+
+def _write_predictions(path: Path, row_ids: list[int], gold: list[int], probs: Any, names: list[str]) -> None:
+    header = ["row_id", "gold", "predicted", "gold_id", "predicted_id", *[f"p_{n}" for n in names]]
+    rows = []
+    for rid, g, p in zip(row_ids, gold, probs, strict=True):
+        k = int(p.argmax())
+        rows.append([rid, names[g], names[k], g, k, *[f"{float(v):.6f}" for v in p]])
+    write_csv(path, header, rows)
+
+
+def _bundle_meta(kind: str, cfg: Config, base_config: Any, model_path: str, lcfg: Any, tokenizer: Any,
+                 counts: dict[str, int], saved_modules: list[str]) -> dict[str, Any]:
+    from lorafit.modeling import fingerprint
+
+    local = Path(model_path).is_dir()
+    dtype = getattr(base_config, "dtype", None) or "float32"
+    return {
+        "kind": kind,
+        "task": cfg.task,
+        "labels": list(cfg.data.labels or []),
+        "scheme": None,
+        "max_length": cfg.data.max_length,
+        "text_pair": bool(cfg.data.text_pair_column),
+        "base_model": {
+            "name_or_path": model_path if local else cfg.model.name_or_path,
+            "revision": cfg.model.revision or getattr(base_config, "_commit_hash", None),
+            "fingerprint": fingerprint(base_config, model_path if local else None),
+            "dtype": str(dtype).replace("torch.", ""),
+        },
+        "tokenizer": {"class": type(tokenizer).__name__,
+                      "add_prefix_space": bool(getattr(tokenizer, "add_prefix_space", False)),
+                      "do_lower_case": bool(getattr(tokenizer, "do_lower_case", False))},
+        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
+                 "target_modules": _jsonable_targets(lcfg.target_modules), "use_rslora": cfg.lora.use_rslora,
+                 "use_dora": cfg.lora.use_dora, "bias": cfg.lora.bias},
+        "modules_to_save": saved_modules,
+        "parameters": counts,
+    }
+
+
+def _print_summary(cfg: Config, stats: dict[str, Any], params: dict[str, Any], precision: str, why: str) -> None:
+    say = logger.info if os.environ.get("LORAFIT_QUIET") else print
+    say(f"lorafit: task classification, base {cfg.model.name_or_path}, {len(cfg.data.labels or [])} labels")
+    for split, s in stats["splits"].items():
+        t = s["tokens"]
+        bal = ", ".join(f"{k}={v}" for k, v in s["class_counts"].items())
+        say(f"  {split:<10} {s['rows']:>7} rows | {bal} | tokens p50 {t['p50']} p95 {t['p95']} p99 {t['p99']} "
+            f"max {t['max']}")
+    say(f"  max_length {stats['max_length']} (suggested p99: {stats['suggested_max_length']}, model limit "
+        f"{stats['model_limit']})")
+    say(f"  trainable {params['trainable']:,} of {params['total']:,} ({params['percent_trainable']:.3f}%)")
+    say(f"  precision {precision} ({why})")
+
+
+def _print_result(out: Path, metrics: dict[str, Any]) -> None:
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            print(f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} ({m['rows']} rows)")
+    print(f"  run folder: {out}  ({metrics['seconds']} s)")
