@@ -90,6 +90,13 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     return "fp32", why
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch before any random initialisation, so a config reproduces its weights."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
 # ---- config resolution -------------------------------------------------------------------------------------
 def build_config(preset: str | None = None, file_cfg: dict[str, Any] | None = None,
                  overrides: dict[str, Any] | None = None) -> Config:
@@ -173,6 +180,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
             setattr(cfg.data, key, str(Path(value).resolve()))
     id2label = labels.id2label
 
+    seed_everything(int(cfg.training.get("seed", cfg.data.seed)))  # the new head and LoRA init are random
     base, new_modules = modeling.load_base(model_path, "classification", id2label, cfg.model.revision)
     modeling.report_new_modules(new_modules)
     lcfg = modeling.lora_config(base, cfg.lora, "classification", new_modules)
