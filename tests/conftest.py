@@ -150,3 +150,30 @@ def cls_run(tmp_path_factory, tiny_roberta, cls_data) -> Path:
                   cls_data["test"], "--output-dir", out, *FAST)
     assert res.code == 0, res.output
     return out
+
+
+def ag_news_rows(n_train: int, n_test: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Disjoint real AG News rows (text, label 1-4) from the shared data folder."""
+    if not AG_NEWS.is_file():
+        pytest.skip(f"shared data not found: {AG_NEWS}")
+    with AG_NEWS.open(newline="", encoding="utf-8") as fh:
+        rows = [(r["text"], r["label"]) for r in csv.DictReader(fh) if r["text"].strip()]
+    random.Random(seed).shuffle(rows)
+    return rows[:n_train], rows[n_train : n_train + n_test]
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory) -> Path:
+    """ONE real run per session: lorafit with its defaults (no hyper-parameter flags, precision auto) on the
+    MiniLM package and 3,000 real AG News rows, with 1,000 held-out rows of the same file as its test split."""
+    from lorafit.demo import minilm_path
+
+    d = tmp_path_factory.mktemp("minilm")
+    train, test = ag_news_rows(3000, 1000)
+    train_f = write_csv(d / "train.csv", train)
+    test_f = write_csv(d / "test.csv", test)
+    out = d / "run"
+    res = run_cli("train", "--model", minilm_path(), "--train-file", train_f, "--test-file", test_f,
+                  "--output-dir", out)
+    assert res.code == 0, res.output
+    return out

@@ -254,3 +254,59 @@ def test_real_entry_point_prints_one_line(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: [E201]") and "Traceback" not in proc.stderr
+
+
+def test_bf16_request_falls_back_to_fp32_without_hardware_support(monkeypatch, caplog):
+    from lorafit import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: (False, "CPU lacks AVX512-BF16 and AMX"))
+    with caplog.at_level("WARNING", logger="lorafit"):
+        assert training.resolve_precision("bf16") == ("fp32", "CPU lacks AVX512-BF16 and AMX")
+    assert "W001" in caplog.text
+    assert training.resolve_precision("auto")[0] == "fp32"
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: (True, "CPU has amx_bf16"))
+    assert training.resolve_precision("auto") == ("bf16", "CPU has amx_bf16")
+    assert training.resolve_precision("fp32")[0] == "fp32"
+
+
+def test_adapter_on_another_machine_with_base_model_copy(cls_run, cli, tiny_roberta, tmp_path):
+    """A copy of the base in another place is accepted (same fingerprint, same weights hash)."""
+    import shutil
+
+    copy = tmp_path / "base-copy"
+    shutil.copytree(tiny_roberta, copy)
+    res = cli("predict", cls_run, "--text", "market shares profit bank oil", "--base-model", copy)
+    assert res.code == 0 and res.output.startswith("business"), res.output
+    # same architecture, different weights: refused by the weights hash
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(copy / "model.safetensors")
+    k = next(iter(w))
+    w[k] = w[k] + 1
+    save_file(w, copy / "model.safetensors", metadata={"format": "pt"})
+    res = cli("predict", cls_run, "--text", "x", "--base-model", copy)
+    assert res.code == 2 and "E203" in res.output and "weights_sha256" in res.output
+
+
+def test_hub_style_dataset_with_classlabel_names(cli, tiny_roberta, tmp_path):
+    """The --dataset path (datasets.load_dataset) on a local dataset folder: ClassLabel names become label names,
+    and a dataset without a validation split gets a stratified one."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    names = ["business", "science", "sports"]
+    feats = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    folder = tmp_path / "hubds"
+    folder.mkdir()
+    for split, seed, n in (("train", 11, 150), ("test", 12, 30)):
+        rows = make_rows(n, seed)
+        ds = Dataset.from_dict({"text": [t for t, _ in rows], "label": [names.index(lab) for _, lab in rows]},
+                               features=feats)
+        ds.to_parquet(str(folder / f"{split}.parquet"))
+    out = tmp_path / "run"
+    res = cli("train", "--model", tiny_roberta, "--dataset", folder, "--output-dir", out, *FAST, "--epochs", "1")
+    assert res.code == 0, res.output
+    bundle = json.loads((out / "adapter" / "lorafit.json").read_text())
+    assert bundle["labels"] == names
+    stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["splits"]["validation"]["rows"] == 15 and stats["splits"]["test"]["rows"] == 30
+    assert "Hub dataset" in stats["splits"]["train"]["source"]
