@@ -67,7 +67,8 @@ def _save_tiny(folder: Path, model_type: str) -> Path:
         assert len(tok(["match goal team"])["input_ids"][0]) == 5
         cfg = AutoConfig.for_model("roberta", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                                    num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
-                                   type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, initializer_range=0.2,
+                                   type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+                                   initializer_range=0.2,
                                    eos_token_id=2)
         tok.model_max_length = 128
     else:

@@ -116,7 +116,7 @@ def frame_texts(df: pd.DataFrame, cols: list[str], where: str) -> list[str]:
     values = [df[c].tolist() for c in cols]
     for i, parts in enumerate(zip(*values, strict=True)):
         pieces = []
-        for col, v in zip(cols, parts, strict=True):
+        for v in parts:
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 v = ""
             pieces.append(str(v).strip())

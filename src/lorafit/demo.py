@@ -96,7 +96,8 @@ def run_demo(output_dir: str | Path = "lorafit-demo", *, overwrite: bool = False
         print(f"  data             {out / 'data'} (train / test / unlabelled, from the shipped sample)")
         print(f"  run folder       {run.path}  (adapter/, metrics.json, history.csv, predictions.csv, ...)")
         print(f"  trainable        {run.params['trainable']:,} of {run.params['total_deduplicated']:,}")
-        print(f"  test accuracy    {metrics['accuracy']:.4f} (macro-F1 {metrics['macro_f1']:.4f}) on {metrics['rows']} rows")
+        print(f"  test accuracy    {metrics['accuracy']:.4f} (macro-F1 {metrics['macro_f1']:.4f}) "
+              f"on {metrics['rows']} rows")
         print(f"  predictions      {out / 'predictions.csv'} ({n} rows, input order)")
         print(f"  merged model     {out / 'merged'} (max |logit delta| {proof['max_abs_logit_delta']:.2g})")
         print(f"  took             {summary['seconds']} s")

@@ -42,7 +42,8 @@ def resolve_model(name_or_path: str, revision: str | None = None) -> str:
         if not p.is_dir():
             raise LorafitError("E201", path=name_or_path, reason="no such folder")
         if not (p / "config.json").is_file():
-            raise LorafitError("E201", path=name_or_path, reason="it has no config.json (not a Transformers model folder)")
+            raise LorafitError("E201", path=name_or_path,
+                               reason="it has no config.json (not a Transformers model folder)")
         return str(p.resolve())
     from lorafit.data import hub_reachable
 
@@ -168,7 +169,8 @@ def resolve_targets(model: torch.nn.Module, lora: LoraSettings, exclude: list[st
         try:
             rx = re.compile(targets)
         except re.error as err:
-            raise LorafitError("E003", key="lora.target_modules", value=targets, expected=f"a valid regex ({err})") from None
+            raise LorafitError("E003", key="lora.target_modules", value=targets,
+                               expected=f"a valid regex ({err})") from None
         if not any(rx.fullmatch(n) for n in enc):
             raise LorafitError("E204", missing=targets, available=_suffixes(enc))
         return targets
