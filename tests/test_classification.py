@@ -310,3 +310,33 @@ def test_hub_style_dataset_with_classlabel_names(cli, tiny_roberta, tmp_path):
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["splits"]["validation"]["rows"] == 15 and stats["splits"]["test"]["rows"] == 30
     assert "Hub dataset" in stats["splits"]["train"]["source"]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_chunked_prediction_keeps_input_order(cls_run, cls_data, tmp_path, ext):
+    """Large files are read, length-sorted, predicted and written in bounded chunks: the output is the same as
+    one pass, row for row, in input order."""
+    import pandas as pd
+
+    from lorafit.inference import Predictor
+    from lorafit.predicting import predict_file
+
+    src = pd.read_csv(cls_data["test"])
+    inp = tmp_path / f"in{ext}"
+    if ext == ".csv":
+        src.to_csv(inp, index=False)
+    elif ext == ".jsonl":
+        src.to_json(inp, orient="records", lines=True)
+    else:
+        src.to_parquet(inp)
+    pred = Predictor.load(cls_run)
+    n = predict_file(cls_run, inp, tmp_path / f"chunked{ext}", chunk_rows=7, predictor=pred)
+    predict_file(cls_run, inp, tmp_path / f"whole{ext}", chunk_rows=10_000, predictor=pred)
+    assert n == len(src)
+    read = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[ext]
+    a, b = read(tmp_path / f"chunked{ext}"), read(tmp_path / f"whole{ext}")
+    assert a["row"].tolist() == list(range(len(src)))
+    assert a["label"].tolist() == b["label"].tolist()
+    np.testing.assert_allclose(a["p_sports"].to_numpy(), b["p_sports"].to_numpy(), atol=1e-6)
+    direct = pred.predict(src["text"].tolist())
+    assert a["label"].tolist() == [d["label"] for d in direct]

@@ -22,10 +22,26 @@ from lorafit.errors import LorafitError
 MANIFEST = "lorafit.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(out: Path) -> Path:
+    """A temporary folder next to ``out`` (same file system, so it can be renamed into place), with the
+    permissions a normal folder gets (mkdtemp's are 0700)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artefacts get the usual permissions
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -46,6 +46,9 @@ def train(
     text_pair_column: str = Opt(None, "--text-pair-column", help="Second text of a pair."),
     label_column: str = Opt(None, "--label-column", help="Label column."),
     labels: str = Opt(None, "--labels", help="Comma-separated label names in id order."),
+    data_format: str = Opt(None, "--format", help="NER file format: conll, jsonl or csv (sniffed when absent)."),
+    tag_column: str = Opt(None, "--tag-column", help="NER tag column (e.g. fine_ner_tags for Few-NERD)."),
+    scheme: str = Opt(None, "--scheme", help="NER: convert tags to io, bio or bioes."),
     max_length: int = Opt(None, "--max-length", help="Tokens per input (default: p99 of the data)."),
     rank: int = Opt(None, "--rank", "-r", help="LoRA rank."),
     alpha: float = Opt(None, "--alpha", help="LoRA alpha."),
@@ -59,6 +62,7 @@ def train(
     seed: int = Opt(None, "--seed", help="Random seed."),
     no_group_by_length: bool = Opt(False, "--no-group-by-length", help="Random batches instead of length-grouped."),
     set_: list[str] = Opt(None, "--set", help="Override any key: section.key=value (repeatable)."),
+    allow_pickle: bool = Opt(False, "--allow-pickle", help="Resume from checkpoint pickles this run did not record."),
 ) -> None:
     # fmt: on
     """Train a LoRA run and write its folder (adapter, metrics, history, predictions, manifest)."""
@@ -74,6 +78,7 @@ def train(
         ("data", "text_columns"): list(text_column) if text_column else None,
         ("data", "text_pair_column"): text_pair_column, ("data", "label_column"): label_column,
         ("data", "labels"): [s.strip() for s in labels.split(",")] if labels else None,
+        ("data", "format"): data_format, ("data", "tag_column"): tag_column, ("data", "scheme"): scheme,
         ("data", "max_length"): max_length, ("lora", "r"): rank, ("lora", "alpha"): alpha,
         ("lora", "dropout"): dropout, ("lora", "target_modules"): _targets(target_modules),
         ("training", "num_train_epochs"): epochs, ("training", "max_steps"): max_steps,
@@ -89,6 +94,8 @@ def train(
     for item in set_ or []:
         parts, value = parse_override(item)
         set_path(ov, parts, value)
+    if resume and config is None and output_dir and (Path(output_dir) / "config.yaml").is_file():
+        config = Path(output_dir) / "config.yaml"  # resuming a run: its own resolved config
     file_cfg = load_yaml(config) if config else None
     if file_cfg and not preset and file_cfg.get("preset"):
         preset = None  # a resolved config is complete; its preset name is informational
@@ -98,7 +105,7 @@ def train(
     res: bool | str = False
     if resume:
         res = True if resume in ("last", "true", "1") else resume
-    train_api(cfg, resume=res)
+    train_api(cfg, resume=res, allow_pickle=allow_pickle)
 
 
 def _targets(text: str | None) -> Any:
@@ -158,15 +165,19 @@ def predict(
     batch_size: int = Opt(64, "--batch-size", help="Batch size."),
     allow_pickle: bool = Opt(False, "--allow-pickle", help="Allow reading .pkl files (runs code in them!)."),
     overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output file."),
+    backend: str = Opt("auto", "--backend", help="torch (a run), onnx (an export folder) or auto."),
+    variant: str = Opt(None, "--variant", help="ONNX graph to use: fp32 or int8 (default: int8 when exported)."),
 ) -> None:
     """Predict labels (or entities) for texts or a file, in input order."""
     import json
 
-    _positive(batch_size, "--batch-size")
-    if text:
-        from lorafit.inference import Predictor
+    from lorafit.serving import load_predictor
 
-        pred = Predictor.load(run, base_model=base_model)
+    _positive(batch_size, "--batch-size")
+    if not text and input is None:
+        raise LorafitError("E307")
+    pred = load_predictor(run, backend, base_model, variant)
+    if text:
         if pred.task == "ner":
             from lorafit.ner import predict_entities
 
@@ -177,15 +188,13 @@ def predict(
             top = sorted(p["scores"].items(), key=lambda kv: -kv[1])[:3]
             typer.echo(f"{p['label']}\t{p['score']:.4f}\t{t[:80]}\t" + " ".join(f"{k}={v:.3f}" for k, v in top))
         return
-    if input is None:
-        raise LorafitError("E307")
     if output is None:
         output = input.with_name(input.stem + ".predictions.csv")
     from lorafit.predicting import predict_file
 
     n = predict_file(run, input, output, text_columns=list(text_column) if text_column else None,
                      id_column=id_column, kaggle=kaggle, base_model=base_model, batch_size=batch_size,
-                     allow_pickle=allow_pickle, overwrite=overwrite)
+                     allow_pickle=allow_pickle, overwrite=overwrite, predictor=pred)
     typer.echo(f"wrote {n} predictions to {output}")
 
 
@@ -277,13 +286,11 @@ def presets(name: str = Arg(None, help="Show one preset in full.")) -> None:
     p = get_preset(name)
     typer.echo(f"{p.name}: {p.summary}\nsource: {p.source}\nreference: {p.reference}\nnum_labels: {p.num_labels}"
                f"\ntrainable: {p.trainable:,}\n")
-    full = flatten({"training": DEFAULT_TRAINING} | p.config)
     merged = flatten({"training": {**DEFAULT_TRAINING, **p.config.get("training", {})}}) | flatten(
         {k: v for k, v in p.config.items() if k != "training"})
     for key in sorted(merged):
         origin = "source" if key in flatten(p.config) and key not in p.ours else "ours"
         typer.echo(f"  {key:<42} {merged[key]!s:<28} [{origin}]")
-    del full
 
 
 @app.command()
@@ -310,6 +317,85 @@ def demo(
     from lorafit.demo import run_demo
 
     run_demo(output_dir, overwrite=overwrite, precision=precision, epochs=epochs)
+
+
+@app.command()
+def report(run: Path = Arg(..., help="Run folder.")) -> None:
+    """Plots, report.md and a self-contained report.html for a run; refreshes the adapter's model card."""
+    from lorafit.reports import write_report
+
+    res = write_report(run)
+    pngs = [p for p in res["plots"] if p.suffix == ".png" and p.parent.name == "plots"]
+    typer.echo(f"report: {res['report_md']} and {res['report_html']} ({len(pngs)} plots in {run / 'plots'})")
+
+
+# fmt: off
+@app.command()
+def export(
+    run: Path = Arg(..., help="Run folder (or a merged folder)."),
+    fmt: str = Opt("onnx", "--format", "-f", help="Export format: onnx."),
+    quantize: str = Opt(None, "--quantize", "-q", help="Also write a quantised graph: int8."),
+    output: Path = Opt(None, "--output", "-o", help="Export folder (default RUN/export)."),
+    data: Path = Opt(None, "--data", "-d", help="Labelled file: score PyTorch, ONNX fp32 and int8 on its rows."),
+    text_column: list[str] = Opt(None, "--text-column", help="Text column(s) of --data."),
+    label_column: str = Opt("label", "--label-column", help="Label column of --data."),
+    tolerance: float = Opt(1e-3, "--tolerance", help="Largest |logit difference| accepted for the fp32 graph."),
+    base_model: str = Opt(None, "--base-model", help="Local copy of the base model."),
+    no_bench: bool = Opt(False, "--no-bench", help="Skip the latency / throughput measurements."),
+    threads: int = Opt(None, "--threads", help="CPU threads for both backends while measuring (default: torch's)."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing export folder."),
+) -> None:
+    # fmt: on
+    """Merge, export to ONNX (optionally int8), check parity, measure accuracy, size and speed."""
+    from lorafit.export import export as export_api
+
+    output = output or (run / "export" if (run / "config.yaml").is_file() else run.with_name(run.name + "-onnx"))
+    rep = export_api(run, output, fmt=fmt, quantize=quantize, data=data,
+                     text_columns=list(text_column) if text_column else None, label_column=label_column,
+                     tolerance=tolerance, base_model=base_model, bench=not no_bench, overwrite=overwrite,
+                     threads=threads)
+    v = rep["variants"]
+    typer.echo(f"exported: {output}")
+    typer.echo(f"parity: ONNX fp32 vs PyTorch max |logit delta| {v['onnx_fp32']['max_abs_logit_delta']:.3g} <= "
+               f"{tolerance:g} on {rep['parity_inputs']} inputs")
+    for name, x in v.items():
+        line = f"  {name:<13} {x['size_bytes'] / 1e6:8.2f} MB"
+        if name != "pytorch_fp32":
+            line += f"  max |delta| {x['max_abs_logit_delta']:.3g}"
+        ev = x.get("eval") or {}
+        for key in ("accuracy", "macro_f1", "f1"):
+            if ev.get(key) is not None:
+                line += f"  {key} {ev[key]:.4f} ({ev.get(key + '_delta', 0):+.4f})"
+        if ev.get("argmax_agreement") is not None:
+            line += f"  agreement {ev['argmax_agreement']:.2%}"
+        lat = x.get("latency")
+        if lat:
+            line += (f"  batch-1 p50 {lat['p50_ms']:.1f} ms p95 {lat['p95_ms']:.1f} ms, batch-32 "
+                     f"{lat['throughput_rows_per_s']:.1f} rows/s")
+        typer.echo(line)
+    typer.echo(f"report: {output / 'export_report.json'}")
+
+
+# fmt: off
+@app.command()
+def serve(
+    path: Path = Arg(..., help="Run folder, bundle or export folder."),
+    host: str = Opt("127.0.0.1", "--host", help="Interface to bind (127.0.0.1: this machine only)."),
+    port: int = Opt(8000, "--port", "-p", help="Port (0 picks a free one)."),
+    backend: str = Opt("auto", "--backend", help="auto, torch (run / merged) or onnx (export folder)."),
+    variant: str = Opt(None, "--onnx-variant", help="fp32 or int8 for an export (default: what export chose)."),
+    base_model: str = Opt(None, "--base-model", help="Local copy of the base model."),
+    max_body_bytes: int = Opt(1_000_000, "--max-body-bytes", help="Largest request body."),
+    max_text_chars: int = Opt(20_000, "--max-text-chars", help="Longest text."),
+    max_batch: int = Opt(64, "--max-batch", help="Most texts in one request."),
+) -> None:
+    # fmt: on
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata and a try-it page at /."""
+    from lorafit.serving import Limits
+    from lorafit.serving import serve as serve_api
+
+    serve_api(path, host, port, backend=backend, variant=variant, base_model=base_model,
+              limits=Limits(max_body_bytes, max_text_chars, max_batch))
 
 
 def _positive(value: int, key: str) -> None:

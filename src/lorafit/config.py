@@ -45,7 +45,8 @@ class DataConfig:
     validation_file: str | None = _f(None, "Local validation file; carved from train when absent.")
     test_file: str | None = _f(None, "Local test file (optional).")
     text_columns: list[str] | None = _f(
-        None, "Text column(s); several are joined with a space. Default: 'text', else 'sentence', else title+description."
+        None,
+        "Text column(s); several are joined with a space. Default: 'text', else 'sentence', else title+description.",
     )
     text_pair_column: str | None = _f(None, "Second text of a sentence pair, passed to the tokenizer as a pair.")
     label_column: str = _f("label", "Label column: strings or integers.")
@@ -59,6 +60,19 @@ class DataConfig:
     max_length: int | None = _f(None, "Tokens per input; default: the training data's 99th percentile, capped.")
     class_weights: str | list[float] | None = _f(None, "Loss weights per class: 'auto' (inverse frequency) or a list.")
     seed: int = _f(42, "Seed for splitting and sampling.")
+    format: Literal["conll", "jsonl", "csv"] | None = _f(
+        None, "NER file format: conll, jsonl or csv (a table: .csv/.tsv/.parquet); sniffed from the file when absent."
+    )
+    tag_column: str | None = _f(
+        None, "NER tag column (JSONL / table / Hub), e.g. fine_ner_tags for Few-NERD's 66 types (ner_tags: 8 coarse)."
+    )
+    scheme: Literal["io", "bio", "bioes"] | None = _f(
+        None, "NER: convert tags to this scheme (io, bio or bioes); default: keep the data's detected scheme."
+    )
+    label_all_subtokens: bool = _f(False, "NER: label every sub-token of a word, not only the first (rest: -100).")
+    stride: int | None = _f(
+        None, "NER: tokens shared by consecutive windows of a sentence longer than max_length; default max_length/4."
+    )
 
 
 @dataclass
@@ -191,6 +205,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise LorafitError("E006", text=text)
+    if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+        return parts, raw.strip()  # YAML 1.1 would read these as booleans: eval_strategy=no means "no"
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -298,4 +314,5 @@ def _type_name(t: Any) -> str:
         return f"a list of {_type_name(args[0])}" if args else "a list"
     if t is type(None):
         return "null"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(t, getattr(t, "__name__", str(t)))
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    return names.get(t, getattr(t, "__name__", str(t)))

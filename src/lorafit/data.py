@@ -69,6 +69,70 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
     return df
 
 
+def iter_table(path: str | Path, chunk_rows: int = 4096, *, allow_pickle: bool = False) -> Any:
+    """Yield a table in DataFrames of at most ``chunk_rows`` rows, so a large file never sits in memory whole.
+
+    The first chunk goes through ``read_table``'s checks (missing, empty, header only, not UTF-8, pickles);
+    pickles and JSON arrays cannot be streamed and are read whole.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in (".pkl", ".pickle", ".json"):
+        yield read_table(p, allow_pickle=allow_pickle)
+        return
+    head = read_table_head(p)
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+        return
+    try:
+        if ext in (".csv", ".tsv"):
+            reader = pd.read_csv(p, sep="\t" if ext == ".tsv" else ",", keep_default_na=False, na_values=[""],
+                                 dtype=object, encoding="utf-8", chunksize=chunk_rows)
+        else:
+            reader = pd.read_json(p, lines=True, dtype=False, chunksize=chunk_rows)
+        with reader:
+            yield from reader
+    except (ValueError, pd.errors.ParserError) as err:
+        raise LorafitError("E111", path=p, reason=_first_line(err)) from None
+    del head
+
+
+def read_table_head(path: str | Path, rows: int = 5) -> pd.DataFrame:
+    """The file checks of ``read_table`` on the first rows only (cheap on a large file)."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise LorafitError("E101", path=p)
+    if p.is_dir():
+        raise LorafitError("E102", path=p)
+    ext = p.suffix.lower()
+    if ext not in TABLE_EXTS:
+        raise LorafitError("E103", path=p, ext=ext or "(none)")
+    if p.stat().st_size == 0:
+        raise LorafitError("E104", path=p)
+    if ext == ".parquet":
+        return pd.DataFrame()
+    _check_utf8(p)
+    try:
+        if ext in (".csv", ".tsv"):
+            df = pd.read_csv(p, sep="\t" if ext == ".tsv" else ",", nrows=rows, dtype=object, encoding="utf-8")
+        else:
+            df = pd.read_json(p, lines=True, nrows=rows, dtype=False)
+    except pd.errors.EmptyDataError:
+        raise LorafitError("E104", path=p) from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise LorafitError("E111", path=p, reason=_first_line(err)) from None
+    if len(df) == 0:
+        raise LorafitError("E105", path=p)
+    return df
+
+
 def _check_utf8(p: Path) -> None:
     with p.open("rb") as fh:
         offset = 0
@@ -110,7 +174,7 @@ def choose_text_columns(columns: list[str], wanted: list[str] | None, where: str
     )
 
 
-def frame_texts(df: pd.DataFrame, cols: list[str], where: str) -> list[str]:
+def frame_texts(df: pd.DataFrame, cols: list[str], where: str, offset: int = 0) -> list[str]:
     """Join the text columns with a space; empty or NaN text is an error naming the row."""
     out = []
     values = [df[c].tolist() for c in cols]
@@ -122,7 +186,7 @@ def frame_texts(df: pd.DataFrame, cols: list[str], where: str) -> list[str]:
             pieces.append(str(v).strip())
         text = " ".join(p for p in pieces if p)
         if not text:
-            raise LorafitError("E108", where=where, row=i + 1, column="+".join(cols))
+            raise LorafitError("E108", where=where, row=offset + i + 1, column="+".join(cols))
         out.append(text)
     return out
 

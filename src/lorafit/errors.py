@@ -48,8 +48,6 @@ ERRORS: dict[str, str] = {
     "the file, or convert it to CSV / JSONL / Parquet.",
     "E117": "The length filter removed every training row (min {min}, max {max} tokens).",
     "E118": "class_weights has {got} values but there are {expected} labels ({labels}).",
-    "E119": "Data file '{path}', line {line}: {reason}.",
-    "E120": "Labels {labels} appear in '{split}' but not in the training labels {known}.",
     # model (E2xx)
     "E201": "Model '{path}' could not be loaded: {reason}.",
     "E202": "Cannot reach the Hugging Face Hub to load '{name}' and it is not in the local cache. Pass a local "
@@ -72,9 +70,44 @@ ERRORS: dict[str, str] = {
     "E306": "Input file '{path}' could not be read: {reason}.",
     "E307": "Nothing to predict: give --text or --input FILE.",
     "E308": "Data labels {labels} are not labels of this model ({known}).",
+    "E309": "Checkpoint file '{path}' is a pickle that this run's manifest did not record (or it changed since): "
+    "loading it could run arbitrary code. Pass --allow-pickle if you trust it.",
     # resources (E4xx)
     "E401": "Batch size must be at least 1, got {value} for '{key}'.",
     "E402": "Precision '{value}' is not supported here: {reason}.",
+    "E403": "The training loss became {loss} at step {step}; training stopped. The last good checkpoint is "
+    "{checkpoint}: lower the learning rate or use --precision fp32, then --resume or start again.",
+    # NER (E5xx)
+    "E501": "Data file '{path}', line {line}: {reason}. Expected CoNLL: one 'token<TAB>tag' per line (or "
+    "whitespace-separated columns with the tag last), a blank line between sentences.",
+    "E502": "Tag {tag!r} in {where}, {unit} {line}, is not a known tag. Known tags: {known}.",
+    "E503": "Mixed tag schemes in {where}: {unit} {line} has tag {tag!r} ({kind}), but {unit} {first_line} has "
+    "{first!r} ({first_kind}). Use one scheme per file: IO (person, O), BIO (B-person, I-person, O) or BIOES.",
+    "E504": "Empty sentence in {where}, {unit} {line}: a sentence needs at least one token.",
+    "E505": "The {split} data ({where}) {what} that the training data does not (first: tag {tag!r} at {unit} "
+    "{line}); the training data has {known}. Train, validation and test need one tag scheme and label set: give the "
+    "full tag list with --labels (data.labels) if the training sample only lacks rare types.",
+    "E506": "{where} has no entities: every tag of its {sentences} sentence(s) is 'O'. NER data needs entity tags "
+    "(is the tag column the right one?).",
+    "E507": "The tokenizer of '{path}' splits pre-split words differently from the same words joined by spaces "
+    "({detail}), so word labels would land on the wrong sub-tokens. RoBERTa-family (byte-level BPE) tokenizers "
+    "must be loaded with add_prefix_space=True for NER.",
+    "E508": "{where}, {unit} {line}: {tokens} tokens but {tags} tags; every token needs exactly one tag.",
+    "E509": "Cannot read '{path}' as NER data: {reason}. Pass --format conll, jsonl or csv.",
+    "E510": "{where}, {unit} {line}: {reason}.",
+    "E511": "The tokenizer of '{path}' is not a fast (Rust) tokenizer: NER needs its word_ids() to align word "
+    "labels with sub-tokens.",
+    # reports, export and serving (E6xx)
+    "E601": "Unknown export format '{value}': supported formats are {known}.",
+    "E602": "Unknown quantization '{value}': supported are {known} (or leave --quantize out for fp32 only).",
+    "E603": "Export of '{path}' to ONNX failed: {reason}. Run with --debug for the traceback.",
+    "E604": "Export parity failed: max |logit difference| between PyTorch and the ONNX fp32 graph is {delta:.3g}, "
+    "above the tolerance {tolerance:g}; nothing was written to '{path}'.",
+    "E605": "Backend '{backend}' cannot load '{path}': it holds {holds}. {hint}",
+    "E606": "Cannot listen on {host}:{port}: {reason}. Choose another --port (0 picks a free one).",
+    "E607": "{what} needs the optional package '{package}': pip install 'lorafit[{extra}]'.",
+    "E608": "Server limit '{key}' must be a positive integer, got {value}.",
+    "E609": "Unknown ONNX variant '{value}' for '{path}': it holds {known}.",
 }
 
 WARNINGS: dict[str, str] = {
@@ -83,6 +116,9 @@ WARNINGS: dict[str, str] = {
     "W003": "{count} of {rows} rows in '{split}' are longer than max_length {max_length} tokens and are truncated.",
     "W004": "The length filter removed {removed} of {rows} training rows (outside {min}..{max} tokens).",
     "W005": "Module(s) {modules} are missing from the checkpoint and will be trained and saved with the adapter.",
+    "W501": "{count} of {rows} sentences in '{split}' are longer than max_length {max_length} tokens: they are "
+    "split into overlapping windows (stride {stride}) and every word is still scored.",
+    "W601": "Plot(s) not written: {reason}.",
 }
 
 

@@ -45,14 +45,20 @@ class Predictor:
              task: str | None = None, check_files: bool = True) -> Predictor:
         folder = bundle_dir(path)
         bundle = read_manifest(folder)
+        if bundle["kind"] == "export":  # the ONNX backend behind this same class (lorafit.export)
+            from lorafit.export import load_export
+
+            return load_export(cls, folder, bundle, task=task, check_files=check_files)
         if bundle["kind"] not in ("adapter", "merged"):
             raise LorafitError("E302", path=folder, reason=f"a '{bundle['kind']}' bundle cannot be loaded by PyTorch")
         if task is not None and bundle["task"] != task:
             raise LorafitError("E206", path=folder, got=bundle["task"], expected=task)
         if check_files:
             _check_bundle_files(folder, bundle)
-        elif not (folder / ("adapter_model.safetensors" if bundle["kind"] == "adapter" else "model.safetensors")).is_file():
-            raise LorafitError("E303", path=folder, expected="the weights file")
+        else:
+            weights = "adapter_model.safetensors" if bundle["kind"] == "adapter" else "model.safetensors"
+            if not (folder / weights).is_file():
+                raise LorafitError("E303", path=folder, expected=weights)
         model = load_bundle_model(folder, bundle, base_model)
         tokenizer = _load_bundle_tokenizer(folder, bundle)
         return cls(model, tokenizer, bundle, precision)

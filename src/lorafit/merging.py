@@ -8,13 +8,13 @@ with the logits of the merged model re-loaded from disk by ``AutoModelFor...from
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from lorafit.artifacts import read_json, write_json, write_manifest
+from lorafit.artifacts import read_json, read_manifest, temp_dir_beside, write_json, write_manifest
 from lorafit.errors import LorafitError
 from lorafit.inference import Predictor, bundle_dir
+from lorafit.reports import write_model_card
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -33,8 +33,13 @@ def proof_inputs(run: Path, n: int) -> tuple[list[Any], Any]:
 def max_logit_delta(a: Predictor, b: Predictor, texts: list[Any], pairs: Any) -> float:
     import numpy as np
 
-    la = a.logits(texts, pairs)
-    lb = b.logits(texts, pairs)
+    if a.task == "ner":  # token classification: every sub-token's logits on the pre-split sample sentences
+        from lorafit.ner import token_logits
+
+        la, lb = token_logits(a, texts), token_logits(b, texts)
+    else:
+        la = a.logits(texts, pairs)
+        lb = b.logits(texts, pairs)
     return float(np.max(np.abs(la - lb))) if la.size else 0.0
 
 
@@ -48,15 +53,21 @@ def merge(run: str | Path, output: str | Path, *, n: int = 64, tolerance: float 
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not overwrite:
         raise LorafitError("E301", path=out)
+    kind = read_manifest(bundle_dir(run))["kind"]
+    if kind != "adapter":
+        raise LorafitError("E302", path=run, reason=f"it holds a '{kind}' bundle; merge takes a run or its adapter/")
     adapter_pred = Predictor.load(run, base_model=base_model)  # load 1: the adapter model, never merged
     texts, pairs = proof_inputs(run, n)
     second = Predictor.load(run, base_model=base_model)  # load 2: merged in place
     merged = second.model.merge_and_unload()
     bundle = dict(adapter_pred.bundle)
     dtype = getattr(torch, bundle["base_model"].get("dtype", "float32"), torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
+        if bundle["task"] == "ner":  # label names that transformers' token-classification pipeline groups right
+            from lorafit.ner import pipeline_id2label
+
+            merged.config.id2label = pipeline_id2label(bundle["labels"], bundle.get("scheme"))
         merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         second.tokenizer.save_pretrained(tmp)
         meta = {k: v for k, v in bundle.items() if k not in ("files", "lorafit_version")}
@@ -66,6 +77,7 @@ def merge(run: str | Path, output: str | Path, *, n: int = 64, tolerance: float 
         report = prove(adapter_pred, tmp, texts, pairs, tolerance)
         report["dtype"] = str(dtype).replace("torch.", "")
         write_json(tmp / "merge_report.json", report)
+        write_model_card(tmp, run, "merged", location=out)
         write_manifest(tmp, meta)
         if out.exists():
             shutil.rmtree(out)

@@ -193,8 +193,8 @@ PRESETS: dict[str, Preset] = {
             config={
                 "task": "ner",
                 "model": {"name_or_path": "roberta-base"},
-                "data": {"dataset": "DFKI-SLT/few-nerd", "dataset_config": "supervised", "max_train_samples": 100000,
-                         "max_eval_samples": 15000},
+                "data": {"dataset": "DFKI-SLT/few-nerd", "dataset_config": "supervised", "tag_column": "fine_ner_tags",
+                         "max_train_samples": 100000, "max_eval_samples": 15000},
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["query", "value"], "bias": "none"},
                 "training": {
                     "num_train_epochs": 5,

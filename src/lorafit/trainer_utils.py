@@ -23,6 +23,57 @@ class InputsOnlyCollator:
         return self.inner([{k: v for k, v in f.items() if k in MODEL_KEYS} for f in features])
 
 
+def epoch_seeded_sampler(dataset: Any, strategy: str, batch_size: int, seed: int, length_column: str) -> Any:
+    """A training sampler whose order depends only on (seed, epoch), never on the global RNG.
+
+    The Trainer's own samplers draw from the global RNG, whose state mid-epoch also depends on dropout; after a
+    resume from a mid-epoch checkpoint the data order then differs. With this sampler the Trainer's batch
+    skipping lands on exactly the batches an uninterrupted run would see, so resumed weights are identical.
+    """
+    import torch
+    from torch.utils.data import Sampler
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    lengths = dataset[length_column] if length_column in dataset.column_names else [len(x) for x in
+                                                                                     dataset["input_ids"]]
+
+    class EpochSeededSampler(Sampler[int]):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+
+        def __len__(self) -> int:
+            return len(lengths)
+
+        def __iter__(self) -> Any:
+            g = torch.Generator().manual_seed(seed * 1000 + self.epoch)
+            if strategy == "group_by_length":
+                return iter(get_length_grouped_indices(lengths, batch_size, generator=g))
+            return iter(torch.randperm(len(lengths), generator=g).tolist())
+
+    return EpochSeededSampler()
+
+
+def trainer_class() -> Any:
+    from transformers import Trainer
+
+    class LorafitTrainer(Trainer):
+        """The HF Trainer with an epoch-seeded training sampler (exact resume, see epoch_seeded_sampler)."""
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            strategy = str(getattr(self.args.train_sampling_strategy, "value", self.args.train_sampling_strategy))
+            if strategy in ("group_by_length", "random") and hasattr(ds, "column_names"):
+                return epoch_seeded_sampler(ds, strategy, self.args.train_batch_size *
+                                            self.args.gradient_accumulation_steps, self.args.seed,
+                                            self.args.length_column_name)
+            return super()._get_train_sampler(train_dataset)
+
+    return LorafitTrainer
+
+
 def history_rows(log_history: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[Any]], list[str]]:
     """train_log rows, history rows and the history header, from the Trainer's own log history."""
     train_rows, hist_rows = [], []
@@ -33,6 +84,9 @@ def history_rows(log_history: list[dict[str, Any]]) -> tuple[list[list[Any]], li
             if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime", "eval_samples_per_second",
                                                    "eval_steps_per_second") and k not in metric_keys:
                 metric_keys.append(k)
+    # a fixed column order: a resumed Trainer reloads its log history with sorted keys
+    first = ["eval_accuracy", "eval_macro_f1", "eval_precision", "eval_recall", "eval_f1"]
+    metric_keys.sort(key=lambda k: (first.index(k) if k in first else len(first), k))
     for entry in log_history:
         if "loss" in entry:
             last_loss = entry["loss"]
@@ -43,6 +97,37 @@ def history_rows(log_history: list[dict[str, Any]]) -> tuple[list[list[Any]], li
                               *[entry.get(k) for k in metric_keys]])
     header = ["epoch", "step", "train_loss", "eval_loss", *[k[len("eval_"):] for k in metric_keys]]
     return train_rows, hist_rows, header
+
+
+PICKLED = (".pt", ".pth", ".bin", ".pkl")
+
+
+def make_guard_callback(out: Path, meta: dict[str, Any]) -> Any:
+    """Records each checkpoint's files in the run manifest as it is written, and stops on a NaN / inf loss."""
+    import math
+
+    from transformers import TrainerCallback
+
+    from lorafit.artifacts import write_manifest
+
+    class GuardCallback(TrainerCallback):
+        bad: tuple[int, float] | None = None
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                write_manifest(out, {**meta, "status": "training", "global_step": state.global_step})
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            logs = logs or {}
+            loss, norm = logs.get("loss"), logs.get("grad_norm")
+            bad = [float(v) for v in (loss, norm) if v is not None and not math.isfinite(float(v))]
+            if bad:
+                self.bad = (state.global_step, bad[0])
+                control.should_training_stop = True
+                control.should_save = False  # keep the last good checkpoint as the newest one
+                control.should_evaluate = False
+
+    return GuardCallback()
 
 
 def make_history_callback(out: Path) -> Any:
@@ -85,20 +170,15 @@ def weighted_loss(weights: list[float], smoothing: float) -> Any:
 def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds: Any,
                   class_weights: list[float] | None, cfg: Config, out: Path, *, ner: bool = False,
                   compute_metrics: Any = None) -> Any:
-    from transformers import (
-        DataCollatorForTokenClassification,
-        DataCollatorWithPadding,
-        EarlyStoppingCallback,
-        Trainer,
-    )
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, EarlyStoppingCallback
 
     from lorafit.metrics import trainer_metrics
 
     inner = DataCollatorForTokenClassification(tokenizer) if ner else DataCollatorWithPadding(tokenizer)
-    callbacks = [make_history_callback(out)]
+    callbacks = [make_history_callback(out), make_guard_callback(out, {"kind": "run", "task": cfg.task})]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return Trainer(
+    return trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -111,15 +191,50 @@ def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds:
     )
 
 
-def run_training(trainer: Any, out: Path, resume: bool | str) -> None:
-    checkpoint: str | bool | None = None
-    if resume:
-        ckdir = out / "checkpoints"
-        if isinstance(resume, str):
-            checkpoint = resume
-            if not Path(resume).is_dir():
-                raise LorafitError("E302", path=resume, reason="no such checkpoint folder")
-        else:
-            found = sorted(ckdir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            checkpoint = str(found[-1]) if found else None
+def find_checkpoint(out: Path, resume: bool | str) -> str | None:
+    if isinstance(resume, str):
+        if not Path(resume).is_dir():
+            raise LorafitError("E302", path=resume, reason="no such checkpoint folder")
+        return resume
+    from lorafit.artifacts import MANIFEST, read_json
+
+    manifest = out / MANIFEST
+    recorded = read_json(manifest).get("files", {}) if manifest.is_file() else {}
+    found = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for ck in reversed(found):
+        # complete = written to the end: the manifest records a checkpoint only after the Trainer saved all of it
+        rel = ck.relative_to(out).as_posix()
+        if (ck / "trainer_state.json").is_file() and f"{rel}/trainer_state.json" in recorded:
+            return str(ck)
+    return None
+
+
+def check_checkpoint(out: Path, checkpoint: str, allow_pickle: bool) -> None:
+    """Pickled optimizer / scheduler / RNG files are loaded only if this run's manifest recorded them."""
+    from lorafit.artifacts import MANIFEST, read_json
+    from lorafit.modeling import sha256_file
+
+    manifest = out / MANIFEST
+    recorded = read_json(manifest).get("files", {}) if manifest.is_file() else {}
+    ck = Path(checkpoint)
+    for f in sorted(ck.iterdir()):
+        if f.suffix not in PICKLED:
+            continue
+        try:
+            rel = f.resolve().relative_to(out.resolve()).as_posix()
+        except ValueError:
+            rel = None
+        if (rel is None or recorded.get(rel) != sha256_file(f)) and not allow_pickle:
+            raise LorafitError("E309", path=f)
+
+
+def run_training(trainer: Any, out: Path, resume: bool | str, allow_pickle: bool = False) -> None:
+    checkpoint = find_checkpoint(out, resume) if resume else None
+    if checkpoint:
+        check_checkpoint(out, checkpoint, allow_pickle)
     trainer.train(resume_from_checkpoint=checkpoint)
+    guard = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "bad")), None)
+    if guard is not None and guard.bad is not None:
+        step, loss = guard.bad
+        last = find_checkpoint(out, True)
+        raise LorafitError("E403", step=step, loss=loss, checkpoint=last or "none yet")

@@ -27,6 +27,7 @@ from lorafit.artifacts import (
 from lorafit.config import Config, deep_merge
 from lorafit.errors import LorafitError, logger, warn
 from lorafit.presets import DEFAULT_LORA, DEFAULT_TRAINING
+from lorafit.reports import write_model_card
 
 TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -121,17 +122,17 @@ def default_output_dir() -> str:
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
-def train(config: Config, *, resume: bool | str = False, quiet: bool = False) -> Run:
+def train(config: Config, *, resume: bool | str = False, quiet: bool = False, allow_pickle: bool = False) -> Run:
     """Train one run and write its folder; returns the Run. Inputs are validated before anything is written."""
     task = config.task or "classification"
     if task == "ner":
         from lorafit.ner import train_ner
 
-        return train_ner(config, resume=resume, quiet=quiet)
-    return _train_classification(config, resume=resume, quiet=quiet)
+        return train_ner(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
+    return _train_classification(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
 
 
-def _train_classification(config: Config, *, resume: bool | str, quiet: bool) -> Run:
+def _train_classification(config: Config, *, resume: bool | str, quiet: bool, allow_pickle: bool = False) -> Run:
     from lorafit import data as data_mod
     from lorafit import modeling
 
@@ -139,7 +140,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
     cfg = copy.deepcopy(config)
     cfg.task = "classification"
     out = Path(cfg.output.dir or default_output_dir())
-    if not resume and out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
+    if is_main_process() and not resume and out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
         raise LorafitError("E301", path=out)  # fail before any slow work
 
     precision, precision_why = resolve_precision(cfg.precision)
@@ -166,6 +167,10 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
     max_length = cfg.data.max_length or suggested
     if max_length > limit:
         raise LorafitError("E205", value=max_length, limit=limit)
+    for split, values in lengths.items():
+        over = sum(1 for n in values if n > max_length)
+        if over and (split != "train" or cfg.data.max_length):  # the p99 default truncates ~1% by design
+            warn("W003", count=over, rows=len(values), split=split, max_length=max_length)
     class_weights = _class_weights(cfg.data.class_weights, ds.splits["train"]["label"], labels.names)
 
     # resolve every run-time choice into the config that is written to the run folder
@@ -188,8 +193,11 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
         cfg.lora.target_modules = sorted(lcfg.target_modules)
     targs = _training_args(cfg, out, precision)  # validates the pass-through settings before writing
 
-    out = prepare_output_dir(out, cfg.output.overwrite) if not resume else out
-    out.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()  # under torchrun / accelerate only rank 0 writes
+    if main:
+        out = prepare_output_dir(out, cfg.output.overwrite) if not resume else out
+        out.mkdir(parents=True, exist_ok=True)
+    wait_for_everyone()
     model = modeling.wrap(base, lcfg)
     counts = modeling.count_parameters(model)
     cfg.resolved = {
@@ -198,17 +206,14 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
         "modules_to_save": modeling.saved_modules(model), "label_order": list(labels.names),
         "sources": ds.sources, "filtered_train_rows": ds.filtered,
     }
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
     data_stats = _data_stats(ds, stats, max_length, suggested, limit)
-    write_json(out / "data_stats.json", data_stats)
-    params = {"trainable": counts["trainable"], "total": counts["total"],
-              "total_deduplicated": counts["total_deduplicated"],
-              "percent_trainable": round(100 * counts["trainable"] / counts["total"], 4),
-              "convention": "total counts the frozen original of each fully trained module beside its trainable "
-                            "copy (PEFT's print_trainable_parameters); total_deduplicated is the deployed model"}
-    write_json(out / "params.json", params)
-    if not quiet:
-        _print_summary(cfg, data_stats, params, precision, precision_why)
+    params = params_record(counts)
+    if main:
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        write_json(out / "data_stats.json", data_stats)
+        write_json(out / "params.json", params)
+        if not quiet:
+            _print_summary(cfg, data_stats, params, precision, precision_why)
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
         enc = tokenizer(batch["text"], batch["text_pair"] if pairs else None, truncation=True, max_length=max_length)
@@ -226,12 +231,15 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
 
     trainer = build_trainer(model, targs, tokenizer, tokenized["train"], tokenized["validation"], class_weights,
                             cfg, out)
-    run_training(trainer, out, resume)
+    run_training(trainer, out, resume, allow_pickle=allow_pickle)
+    if not main:  # the other ranks are done: rank 0 saves and scores once, on every row
+        return Run(out, cfg, {}, params, time.time() - t0)
 
     # save the adapter bundle (LoRA + head + every new module) with its tokenizer
     adapter = out / "adapter"
     model.save_pretrained(adapter, safe_serialization=True)
     tokenizer.save_pretrained(adapter)
+    write_model_card(adapter, out)  # replaces PEFT's template README before the manifest hashes it
     bundle_meta = _bundle_meta("adapter", cfg, base_config, model_path, lcfg, tokenizer, counts,
                                modeling.saved_modules(model))
     write_manifest(adapter, bundle_meta)
@@ -253,6 +261,14 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
     write_json(out / "samples.json", {"text": samples["text"], "text_pair": samples["text_pair"] if pairs else None})
     metrics["seconds"] = round(time.time() - t0, 1)
     write_json(out / "metrics.json", metrics)
+    write_model_card(adapter, out)  # now with the test metrics
+    write_manifest(adapter, bundle_meta)
+    try:  # plots are a convenience: a missing matplotlib or a plotting bug must not fail a finished run
+        from lorafit.plots import write_plots
+
+        write_plots(out)
+    except Exception as err:
+        warn("W601", reason=f"{type(err).__name__}: {err}")
     write_manifest(out, {"kind": "run", "task": "classification", "preset": cfg.preset})
     if not quiet:
         _print_result(out, metrics)
@@ -260,6 +276,27 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool) ->
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or the only process."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier when several processes train together (the process group exists once TrainingArguments does)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def params_record(counts: dict[str, int]) -> dict[str, Any]:
+    return {"trainable": counts["trainable"], "total": counts["total"],
+            "total_deduplicated": counts["total_deduplicated"],
+            "percent_trainable": round(100 * counts["trainable"] / counts["total"], 4),
+            "convention": "total counts the frozen original of each fully trained module beside its trainable "
+                          "copy (PEFT's print_trainable_parameters); total_deduplicated is the deployed model"}
+
+
 def _jsonable_targets(t: Any) -> Any:
     return sorted(t) if isinstance(t, (set, list, tuple)) else t
 
@@ -289,9 +326,12 @@ def _training_args(cfg: Config, out: Path, precision: str) -> Any:
     settings["bf16"] = precision == "bf16"
     settings["fp16"] = precision == "fp16"
     settings["use_cpu"] = not torch.cuda.is_available()
+    if settings["use_cpu"] and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        settings.setdefault("ddp_backend", "gloo")  # torchrun / accelerate on CPUs
     settings["remove_unused_columns"] = False  # our collator keeps only model inputs; 'length' feeds the sampler
     settings["length_column_name"] = "length"
     settings.setdefault("logging_strategy", "steps")
+    settings.setdefault("logging_nan_inf_filter", False)  # a NaN loss must be seen (and stop the run), not hidden
     settings.setdefault("disable_tqdm", False)
     if cfg.early_stopping_patience:
         settings["load_best_model_at_end"] = True
