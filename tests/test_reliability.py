@@ -118,3 +118,78 @@ def test_torchrun_two_processes_on_cpu(tiny_roberta, cls_data, tmp_path):
     check = subprocess.run([sys.executable, "-m", "lorafit", "check", str(out)], env=env, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_server_under_load(cls_run, cls_data, tmp_path):
+    """~2,000 requests at concurrency 8 (valid, malformed, oversized, mixed batches) against a loopback server:
+    no 5xx, no crash, and every valid answer carries lorafit predict's fp32 label with probabilities within 1e-4.
+    Bounded in count and time; it stops by itself."""
+    import csv as csv_mod
+    import http.client
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lorafit.predicting import predict_file
+    from lorafit.serving import Limits, make_server
+
+    with open(cls_data["test"], newline="") as fh:
+        texts = [r["text"] for r in csv_mod.DictReader(fh)]
+    predict_file(cls_run, cls_data["test"], tmp_path / "ref.csv")
+    with open(tmp_path / "ref.csv", newline="") as fh:
+        ref = {t: r for t, r in zip(texts, csv_mod.DictReader(fh), strict=True)}
+    labels = ["business", "science", "sports"]
+
+    server = make_server(cls_run, "127.0.0.1", 0, limits=Limits(max_body_bytes=50_000, max_text_chars=2_000,
+                                                                 max_batch=16))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+
+    def send(i: int) -> tuple[int, int, bytes, list[str] | None]:
+        kind = i % 6
+        batch = None
+        if kind == 0:
+            batch = [texts[i % len(texts)]]
+            body = json.dumps({"inputs": batch[0]}).encode()
+        elif kind == 1:
+            batch = [texts[(i + k) % len(texts)] for k in range(5)]
+            body = json.dumps({"inputs": batch}).encode()
+        elif kind == 2:
+            body = b'{"inputs": ["ok", 3'  # malformed JSON
+        elif kind == 3:
+            body = json.dumps({"inputs": "x" * 5_000}).encode()  # text over the limit
+        elif kind == 4:
+            body = json.dumps({"inputs": ["a"] * 40}).encode()  # batch over the limit
+        else:
+            body = json.dumps({"text": "wrong key"}).encode()
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return i, resp.status, resp.read(), batch
+        finally:
+            conn.close()
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(send, range(1_998), timeout=600))
+    finally:
+        server.shutdown()
+        server.server_close()
+    thread.join(10)
+    assert not thread.is_alive()  # it stops by itself
+    statuses = [s for _, s, _, _ in results]
+    assert all(s < 500 for s in statuses)
+    assert statuses.count(200) == 666 and statuses.count(413) == 666 and statuses.count(400) == 666
+    for _, status, data, batch in results:
+        if status != 200:
+            assert set(json.loads(data)["error"]) == {"code", "message"}
+            continue
+        answer = json.loads(data)
+        answers = [answer] if isinstance(answer, dict) else answer
+        assert len(answers) == len(batch)
+        for text, a in zip(batch, answers, strict=True):
+            r = ref[text]
+            assert a["label"] == r["label"]
+            for name in labels:
+                assert abs(a["scores"][name] - float(r[f"p_{name}"])) <= 1e-4

@@ -16,7 +16,8 @@ import typer
 from lorafit.errors import LorafitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LoRA fine-tuning of encoder transformers: train, evaluate, predict, merge, plan.")
+                  help="LoRA fine-tuning of encoder transformers for classification and NER: train, evaluate, "
+                  "predict, merge, plan, report, export, serve.")
 Opt = typer.Option
 Arg = typer.Argument
 STATE = {"debug": False}
