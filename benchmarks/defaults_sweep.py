@@ -50,9 +50,11 @@ def main() -> None:
         out = work / f"run{i}"
         extra = ["--epochs", "1"] if a.quick else []
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "lorafit", "train", "--model", str(minilm_path()), "--train-file",
-                        str(train_f), "--test-file", str(test_f), "--output-dir", str(out), "--precision",
-                        a.precision, *g["args"], *extra], check=True, capture_output=True)
+        proc = subprocess.run([sys.executable, "-m", "lorafit", "train", "--model", str(minilm_path()),
+                               "--train-file", str(train_f), "--test-file", str(test_f), "--output-dir", str(out),
+                               "--precision", a.precision, *g["args"], *extra], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{g['name']} failed:\n{proc.stderr[-3000:]}")
         secs = time.time() - t0
         m = json.loads((out / "metrics.json").read_text())["test"]
         results.append({"config": g["name"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "seconds": secs})

@@ -25,10 +25,8 @@ TABLE_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
 
 
 # ---- reading files ---------------------------------------------------------------------------------
-def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
-    """Read a CSV / TSV / JSONL / JSON / Parquet file (a pickle only with ``allow_pickle``)."""
-    import pandas as pd
-
+def check_file(path: str | Path) -> Path:
+    """The file exists, is a file, has a table extension and is not empty."""
     p = Path(path)
     if not p.exists():
         raise LorafitError("E101", path=p)
@@ -39,6 +37,15 @@ def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
         raise LorafitError("E103", path=p, ext=ext or "(none)")
     if p.stat().st_size == 0:
         raise LorafitError("E104", path=p)
+    return p
+
+
+def read_table(path: str | Path, *, allow_pickle: bool = False) -> pd.DataFrame:
+    """Read a CSV / TSV / JSONL / JSON / Parquet file (a pickle only with ``allow_pickle``)."""
+    import pandas as pd
+
+    p = check_file(path)
+    ext = p.suffix.lower()
     if ext in (".pkl", ".pickle"):
         if not allow_pickle:
             raise LorafitError("E116", path=p)
@@ -106,16 +113,8 @@ def read_table_head(path: str | Path, rows: int = 5) -> pd.DataFrame:
     """The file checks of ``read_table`` on the first rows only (cheap on a large file)."""
     import pandas as pd
 
-    p = Path(path)
-    if not p.exists():
-        raise LorafitError("E101", path=p)
-    if p.is_dir():
-        raise LorafitError("E102", path=p)
+    p = check_file(path)
     ext = p.suffix.lower()
-    if ext not in TABLE_EXTS:
-        raise LorafitError("E103", path=p, ext=ext or "(none)")
-    if p.stat().st_size == 0:
-        raise LorafitError("E104", path=p)
     if ext == ".parquet":
         return pd.DataFrame()
     _check_utf8(p)

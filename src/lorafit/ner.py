@@ -550,11 +550,8 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
 
 
 def _sequential_eval(trainer: Any) -> None:
-    """Evaluate in dataset order (the windows' order is what maps sub-token predictions back to words), and keep
-    only the argmax of the logits (the evaluation never needs the [windows, tokens, labels] array)."""
-    from torch.utils.data import SequentialSampler
-
-    trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
+    """Keep only the argmax of the logits (the evaluation never needs the [windows, tokens, labels] array); the
+    Trainer evaluates in dataset order (trainer_utils), which is what maps sub-token predictions back to words."""
     trainer.preprocess_logits_for_metrics = lambda logits, labels: (
         logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
 

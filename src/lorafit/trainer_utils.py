@@ -71,6 +71,14 @@ def trainer_class() -> Any:
                                             self.args.length_column_name)
             return super()._get_train_sampler(train_dataset)
 
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            """Dataset order: transformers 5 length-groups evaluation too, which returns predictions shuffled (the
+            trap in DEVELOPERS.md) and draws on the global RNG mid-training. Under DDP, Accelerate shards these
+            sequential batches across processes and gathers them back in order."""
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(eval_dataset)
+
     return LorafitTrainer
 
 
