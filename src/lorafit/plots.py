@@ -377,7 +377,7 @@ def write_plots(run_dir: str | Path, *, strict: bool = False) -> list[Path]:
             draw(fig, data)
             fig.tight_layout()
             buf = io.BytesIO()
-            fig.savefig(buf, format="png", metadata={"Software": None})
+            fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
         except LorafitError:
             raise
         except Exception as err:  # one odd file must not cost the other plots
