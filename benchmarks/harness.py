@@ -1,0 +1,355 @@
+"""Machinery shared by the benchmark scripts (not a script itself).
+
+- ``roberta_folder``: the roberta-base architecture (lorafit.planner.ROBERTA_BASE) with random weights and the real
+  roberta-base tokenizer, saved as a model folder that ``lorafit train --model FOLDER`` takes; speed does not
+  depend on the weights' values, so no download is needed.
+- ``lorafit_train``: ``lorafit train ARGS`` run in-process through ``lorafit.cli.main`` (lorafit's own code path:
+  data checks, tokenisation, length-grouped sampler, collator, precision, callbacks), with a timing callback and a
+  collator wrapper attached to the Trainer that lorafit builds. They only observe.
+- ``hf_train``: a plain Hugging Face Trainer + PEFT run the way the public notebooks write it (the pinned
+  baseline), with the same timing callback.
+- ``spawn``: each measured configuration runs in a fresh worker subprocess (same interpreter, same threads),
+  optionally with its peak RSS sampled with psutil; the worker prints one ``BENCH_RESULT {json}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, ag_news_split, write_rows  # noqa: E402,F401
+
+TOKENIZER = ROOT.parent / "shared" / "data" / "roberta-base-tokenizer"
+RESULT = "BENCH_RESULT "
+INLINE = False  # set by a script's --smoke: workers run in-process (see spawn)
+# --smoke: the same code on a 2-layer, 64-wide RoBERTa with the real tokenizer (seconds instead of minutes)
+SMOKE_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+for _k, _v in OFFLINE.items():
+    os.environ.setdefault(_k, _v)
+
+
+# ---- models and data ---------------------------------------------------------------------------------------
+def roberta_config(smoke: bool = False) -> dict[str, Any]:
+    from lorafit.planner import ROBERTA_BASE
+
+    values = dict(ROBERTA_BASE)
+    if smoke:
+        values.update(SMOKE_SHAPE)
+    return values
+
+
+def roberta_folder(folder: Path, smoke: bool = False, seed: int = 0) -> Path:
+    """roberta-base's architecture with random weights + the real roberta-base tokenizer, saved to ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModel, RobertaTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    if (folder / "config.json").is_file():
+        return folder
+    hf_logging.disable_progress_bar()
+    # from_pretrained on the folder: RobertaTokenizerFast(vocab_file=, merges_file=) builds an EMPTY vocabulary
+    tok = RobertaTokenizerFast.from_pretrained(TOKENIZER)
+    if len(tok) != 50265 or len(tok("match goal team")["input_ids"]) != 5:
+        raise SystemExit(f"the roberta-base tokenizer at {TOKENIZER} did not load correctly")
+    values = roberta_config(smoke)
+    cfg = AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cfg)  # a base encoder checkpoint, like roberta-base: the head will be new
+    model.save_pretrained(folder)
+    tok.model_max_length = 512
+    tok.save_pretrained(folder)
+    return folder
+
+
+def minilm() -> Path:
+    from lorafit.demo import minilm_path
+
+    return minilm_path()
+
+
+def rows_files(work: Path, n_train: int, n_test: int, n_val: int = 64, seed: int = 0) -> dict[str, Path]:
+    """train.csv / heldout.csv / val.csv: disjoint real AG News rows (a small validation file keeps lorafit from
+    carving one out of the training rows and keeps its end-of-run scoring short)."""
+    train, rest = ag_news_split(n_train, n_test + n_val, seed)
+    return {"train": write_rows(work / "train.csv", train), "heldout": write_rows(work / "heldout.csv", rest[:n_test]),
+            "val": write_rows(work / "val.csv", rest[n_test:])}
+
+
+def read_rows(path: Path) -> tuple[list[str], list[int]]:
+    """Texts and 0-based label ids (AG News labels 1-4) of a rows file."""
+    import csv
+
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r["text"] for r in rows], [int(r["label"]) - 1 for r in rows]
+
+
+# ---- observing a training run ------------------------------------------------------------------------------
+class Recorder:
+    """Timestamps at every optimizer step and the shape of every collated batch (in step order)."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, int]] = []
+        self.step_end: list[float] = []  # step_end[k] = time at the end of global step k+1
+        self.begin = self.end = 0.0
+        self.eval_seconds = 0.0
+        self.rss_at_begin = 0  # bytes: the process once model and data are loaded, before the first step
+
+    def wrap(self, collator: Any) -> Any:
+        def collate(features: list[dict[str, Any]]) -> Any:
+            batch = collator(features)
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            lens = mask.sum(dim=1) if mask is not None else ids.new_full((ids.shape[0],), ids.shape[1])
+            self.batches.append({"rows": int(ids.shape[0]), "width": int(ids.shape[1]), "real": int(lens.sum()),
+                                 "real_sq": int((lens.long() ** 2).sum())})
+            return batch
+
+        return collate
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        rec = self
+
+        class Timing(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                import psutil
+
+                rec.rss_at_begin = psutil.Process().memory_info().rss
+                rec.begin = time.perf_counter()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                rec.step_end.append(time.perf_counter())
+
+            def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
+                rec.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                rec.end = time.perf_counter()
+
+        return Timing()
+
+    def window(self, first: int, last: int) -> dict[str, Any]:
+        """Throughput over global steps first..last (1-based, inclusive), timed from the end of step first-1."""
+        if last > len(self.step_end) or first < 2:
+            raise SystemExit(f"cannot time steps {first}..{last}: the run made {len(self.step_end)} steps")
+        seconds = self.step_end[last - 1] - self.step_end[first - 2]
+        bs = self.batches[first - 1 : last]
+        rows = sum(b["rows"] for b in bs)
+        real = sum(b["real"] for b in bs)
+        padded = sum(b["rows"] * b["width"] for b in bs)
+        return {"steps": last - first + 1, "seconds": seconds, "rows": rows, "real_tokens": real,
+                "padded_tokens": padded, "real_sq": sum(b["real_sq"] for b in bs),
+                "padded_sq": sum(b["rows"] * b["width"] ** 2 for b in bs),
+                "samples_per_s": rows / seconds, "real_tokens_per_s": real / seconds,
+                "padded_share": 1 - real / padded, "mean_width": padded / rows}
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": len(self.step_end), "loop_seconds": self.end - self.begin, "eval_seconds": self.eval_seconds,
+                "rows": sum(b["rows"] for b in self.batches[: len(self.step_end)]),
+                "rss_mib_at_train_begin": self.rss_at_begin / 2**20}
+
+
+def lorafit_train(args: list[str]) -> Recorder:
+    """``lorafit train ARGS`` in this process, through the CLI's own entry point, observed by a Recorder."""
+    import lorafit.trainer_utils as tu
+    from lorafit import cli
+
+    rec = Recorder()
+    original = tu.build_trainer
+
+    def build(*a: Any, **kw: Any) -> Any:
+        trainer = original(*a, **kw)
+        trainer.add_callback(rec.callback())
+        trainer.data_collator = rec.wrap(trainer.data_collator)
+        return trainer
+
+    tu.build_trainer = build
+    argv = sys.argv
+    sys.argv = ["lorafit", "train", *map(str, args)]
+    try:
+        cli.main()
+    finally:
+        sys.argv = argv
+        tu.build_trainer = original
+    return rec
+
+
+def lorafit_args(model: Path, files: dict[str, Path], out: Path, *extra: Any, throughput: bool = True) -> list[str]:
+    """`lorafit train` flags; for throughput runs, no per-epoch evaluation or checkpoint inside the timed loop."""
+    args = ["--model", model, "--train-file", files["train"], "--validation-file", files["val"], "--output-dir", out,
+            "--overwrite", *extra]
+    if throughput:
+        args += ["--set", "training.eval_strategy=no", "--set", "training.save_strategy=no"]
+    return [str(a) for a in args]
+
+
+def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch: int = 16, pad_to: int | None = 128,
+             group_by_length: bool = False, bf16: bool = False, lora: bool = True, lr: float = 5e-4) -> Recorder:
+    """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
+    dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    torch.manual_seed(42)
+    texts, labels = read_rows(train_file)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    def tokenize(b: dict[str, Any]) -> Any:
+        if pad_to:
+            return tok(b["text"], padding="max_length", truncation=True, max_length=pad_to)
+        return tok(b["text"], truncation=True, max_length=128)
+
+    ds = Dataset.from_dict({"text": texts, "label": labels}).map(tokenize, batched=True, remove_columns=["text"])
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=4)
+    if lora:
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=["query", "value"]))
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch, learning_rate=lr,
+                             max_steps=steps, logging_steps=10, save_strategy="no", eval_strategy="no",
+                             report_to="none", use_cpu=True, bf16=bf16, seed=42, disable_tqdm=True,
+                             train_sampling_strategy="group_by_length" if group_by_length else "random")
+    rec = Recorder()
+    trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                      data_collator=rec.wrap(DataCollatorWithPadding(tok)), callbacks=[rec.callback()])
+    trainer.train()
+    return rec
+
+
+def bf16_supported() -> bool:
+    from lorafit.training import resolve_precision
+
+    return resolve_precision("auto")[0] == "bf16"
+
+
+# ---- worker subprocesses -----------------------------------------------------------------------------------
+def serve(worker: Any) -> None:
+    """The worker side: ``SCRIPT --worker JSON`` runs ``worker(spec)`` and prints its result as one line."""
+    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    result = worker(spec)
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def is_worker() -> bool:
+    return "--worker" in sys.argv
+
+
+def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: float = 3600) -> dict[str, Any]:
+    """Run ``worker(spec)`` in a fresh process of its script; with ``rss``, sample the process's peak RSS every 20 ms
+    (psutil) and take the kernel's own high-water mark (ru_maxrss) as well. In smoke mode (``INLINE``) a worker
+    without ``rss`` runs in this process, to keep the smoke test within seconds."""
+    if INLINE and not rss:
+        t0 = time.time()
+        result = json.loads(json.dumps(worker(spec)))
+        result["wall_seconds"] = time.time() - t0
+        return result
+    script = sys.modules[worker.__module__].__file__
+    cmd = [sys.executable, script, "--worker", json.dumps(spec)]
+    env = {**os.environ, **OFFLINE}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        peak = 0
+        status = None
+        usage = None
+        if rss:
+            import psutil
+
+            ps = psutil.Process(proc.pid)
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                try:
+                    peak = max(peak, ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(True)))
+                except psutil.Error:
+                    pass
+                if time.time() - t0 > timeout:
+                    proc.kill()
+                time.sleep(0.02)
+        else:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        wall = time.time() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"benchmark worker failed ({spec.get('kind', spec)}), exit {proc.returncode}:\n"
+                         f"{(stdout + stderr)[-4000:]}")
+    result = json.loads(lines[-1][len(RESULT):])
+    result["wall_seconds"] = wall
+    if rss:
+        result["peak_rss_mib_sampled"] = peak / 2**20
+        result["peak_rss_mib"] = max(peak, usage.ru_maxrss * 1024 if usage else 0) / 2**20
+    return result
+
+
+# ---- printing and small statistics ------------------------------------------------------------------------
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (it prints readably and pastes into docs/benchmarks.md as is)."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |" for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    import numpy as np
+
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def header(title: str, smoke: bool) -> None:
+    from common import machine
+
+    print(f"# {title}{' (smoke size: numbers mean nothing)' if smoke else ''}")
+    print(f"machine: {machine()}")
+    print(f"bf16 autocast on this CPU: {'yes' if bf16_supported() else 'no'}\n", flush=True)
+
+
+def workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"lorafit-{prefix}-"))
+
+
+def save_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2))

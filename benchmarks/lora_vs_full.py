@@ -1,0 +1,88 @@
+"""LoRA against full fine-tuning: training samples/s and peak RSS, same model, rows, batches and precision.
+
+Both runs are the same Hugging Face Trainer set up as lorafit sets it up by default (dynamic padding, length-grouped
+batches, bf16 autocast where the CPU has it, AdamW), differing only in what trains: LoRA r8 alpha16 on
+query,value (+ the head), or every weight. The roberta-base architecture with random weights, real AG News rows;
+each run is its own process, its RSS (with children) sampled every 20 ms with psutil, and the kernel's own
+high-water mark (ru_maxrss) taken when it exits; the RSS when training starts (model and data loaded) splits the
+peak into what was there before the first step and what training added (activations, gradients, optimizer
+state). Both see the same batches in the same order. lorafit's default batch (32), and a small batch (8) where
+activations weigh less.
+
+    python benchmarks/lora_vs_full.py                # batches 32 and 8, 2 + 10 steps per run (~2 minutes)
+    python benchmarks/lora_vs_full.py --smoke        # tiny model (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+GOAL = 0.65
+BATCH = 32
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    steps, warm = spec["steps"], spec["warmup"]
+    rec = h.hf_train(Path(spec["model"]), Path(spec["train"]), Path(spec["out"]), steps=warm + steps,
+                     batch=spec["batch"], pad_to=None, group_by_length=True, bf16=spec["bf16"], lora=spec["lora"])
+    return {"window": rec.window(warm + 1, warm + steps), **rec.summary(), "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    ap.add_argument("--batches", type=int, nargs="+", default=[BATCH, 8], help="batch sizes (the first: the goal)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds; for the smoke test)")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    if a.smoke:
+        a.steps, a.warmup, a.batches = 2, 1, [BATCH]
+    h.header("LoRA vs full fine-tuning: samples/s and peak RSS", a.smoke)
+    bf16 = h.bf16_supported()
+    work = h.workdir("lora-full")
+    try:
+        model = h.roberta_folder(work / "model", smoke=a.smoke)
+        files = h.rows_files(work, (a.steps + a.warmup) * max(a.batches), 0)
+        print(f"model: roberta-base architecture{' (smoke: 2 layers, 64 wide)' if a.smoke else ''}, random weights; "
+              f"{(a.steps + a.warmup) * max(a.batches)} real AG News rows; {'bf16' if bf16 else 'fp32'}; "
+              f"{a.warmup} warm-up + {a.steps} timed steps\n", flush=True)
+        runs: dict[int, dict[str, Any]] = {}
+        for batch in a.batches:
+            for name, lora in (("LoRA r8 query,value", True), ("full fine-tuning", False)):
+                runs.setdefault(batch, {})[name] = h.spawn(worker, {
+                    "model": str(model), "train": str(files["train"]), "bf16": bf16, "lora": lora, "batch": batch,
+                    "steps": a.steps, "warmup": a.warmup, "out": str(work / f"{'lora' if lora else 'full'}{batch}")},
+                    rss=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows, ratios = [], {}
+    for batch, pair in runs.items():
+        full = pair["full fine-tuning"]
+        for name, r in pair.items():
+            start = r["rss_mib_at_train_begin"]
+            rows.append([name, batch, r["window"]["samples_per_s"], r["peak_rss_mib"], start, r["peak_rss_mib"] - start,
+                         f"{r['window']['samples_per_s'] / full['window']['samples_per_s']:.2f}x",
+                         f"{r['peak_rss_mib'] / full['peak_rss_mib']:.2f}x"])
+        ratios[batch] = pair["LoRA r8 query,value"]["peak_rss_mib"] / full["peak_rss_mib"]
+    print(h.table(["training", "batch", "samples/s", "peak RSS MiB", "RSS at first step MiB", "added by training MiB",
+                   "speed vs full", "peak RSS vs full"], rows))
+    first = a.batches[0]
+    print(f"\ngoal LoRA peak RSS <= {GOAL}x full fine-tuning at lorafit's batch {first}: {ratios[first]:.2f}x, "
+          f"{h.verdict(ratios[first] <= GOAL)}")
+    for batch in a.batches[1:]:
+        print(f"at batch {batch}: {ratios[batch]:.2f}x")
+    h.save_json(a.json, {"runs": runs, "rss_ratio": ratios})
+
+
+if __name__ == "__main__":
+    h.serve(worker) if h.is_worker() else main()
