@@ -118,10 +118,8 @@ def _targets(text: str | None) -> Any:
 
 
 def _detect_task(cfg: Any) -> str:
-    try:
-        from lorafit.ner import detect_ner
-    except ImportError:  # pragma: no cover - ner module is part of the package
-        return "classification"
+    from lorafit.ner import detect_ner
+
     return "ner" if detect_ner(cfg.data) else "classification"
 
 

@@ -25,15 +25,15 @@ TABLE_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
 
 
 # ---- reading files ---------------------------------------------------------------------------------
-def check_file(path: str | Path) -> Path:
-    """The file exists, is a file, has a table extension and is not empty."""
+def check_file(path: str | Path, exts: set[str] | None = TABLE_EXTS) -> Path:
+    """The file exists, is a file, is not empty and (unless ``exts`` is None) has one of ``exts``."""
     p = Path(path)
     if not p.exists():
         raise LorafitError("E101", path=p)
     if p.is_dir():
         raise LorafitError("E102", path=p)
     ext = p.suffix.lower()
-    if ext not in TABLE_EXTS:
+    if exts is not None and ext not in exts:
         raise LorafitError("E103", path=p, ext=ext or "(none)")
     if p.stat().st_size == 0:
         raise LorafitError("E104", path=p)
@@ -89,7 +89,7 @@ def iter_table(path: str | Path, chunk_rows: int = 4096, *, allow_pickle: bool =
     if ext in (".pkl", ".pickle", ".json"):
         yield read_table(p, allow_pickle=allow_pickle)
         return
-    head = read_table_head(p)
+    read_table_head(p)  # the file checks, on the first rows only
     if ext == ".parquet":
         import pyarrow.parquet as pq
 
@@ -106,7 +106,6 @@ def iter_table(path: str | Path, chunk_rows: int = 4096, *, allow_pickle: bool =
             yield from reader
     except (ValueError, pd.errors.ParserError) as err:
         raise LorafitError("E111", path=p, reason=_first_line(err)) from None
-    del head
 
 
 def read_table_head(path: str | Path, rows: int = 5) -> pd.DataFrame:

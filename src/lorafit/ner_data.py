@@ -103,15 +103,9 @@ def sniff_format(path: str | Path) -> str:
 
 
 def _existing(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise LorafitError("E101", path=p)
-    if p.is_dir():
-        raise LorafitError("E102", path=p)
-    if p.stat().st_size == 0:
-        raise LorafitError("E104", path=p)
-    return p
+    from lorafit.data import check_file
 
+    return check_file(path, exts=None)  # NER files often have no telling extension: they are sniffed
 
 def _read_lines(p: Path) -> list[str]:
     from lorafit.data import _check_utf8

@@ -29,8 +29,6 @@ from lorafit.errors import LorafitError, logger, warn
 from lorafit.presets import DEFAULT_LORA, DEFAULT_TRAINING
 from lorafit.reports import write_model_card
 
-TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-
 
 @dataclass
 class Run:
