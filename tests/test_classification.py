@@ -75,7 +75,7 @@ def test_predictions_csv_in_dataset_order(cls_run, cls_data):
     assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)
 
 
-def test_adapter_reload_is_not_random(cls_run):
+def test_adapter_reload_is_not_random(cls_run, cls_data):
     """Reloading adapter + head gives the probabilities saved at training time (a random head would not)."""
     from lorafit.inference import Predictor
 
@@ -83,15 +83,20 @@ def test_adapter_reload_is_not_random(cls_run):
     p2 = Predictor.load(cls_run)
     texts = ["market shares profit bank oil", "goal match striker cup season"]
     np.testing.assert_allclose(p1.logits(texts), p2.logits(texts), atol=1e-6)
-    assert p1.predict(texts[0])["label"] == "business"
+    # the reloaded model scores what training scored (chance is 1/3 on these three balanced topics)
+    test = list(csv.DictReader(cls_data["test"].open()))
+    saved = json.loads((cls_run / "metrics.json").read_text())["test"]["accuracy"]
+    gold = [p1.labels.index(r["label"]) for r in test]
+    m, _ = p1.evaluate([r["text"] for r in test], gold)
+    assert m["accuracy"] == pytest.approx(saved) and saved >= 0.7
 
 
 def test_evaluate_and_predict_files(cls_run, cls_data, cli, tmp_path):
-    res = cli("evaluate", cls_run, "--data", cls_data["test"], "--output", tmp_path / "m.json")
+    res = cli("evaluate", cls_run, "--data", cls_data["test"], "--output", tmp_path / "m.json", "--precision", "fp32")
     assert res.code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
     saved = json.loads((cls_run / "metrics.json").read_text())["test"]
-    assert m["accuracy"] == pytest.approx(saved["accuracy"])
+    assert m["accuracy"] == pytest.approx(saved["accuracy"]) and m["inference_precision"] == "fp32"
     # predict with an id column, several formats, and the Kaggle shape
     src = read_csv(cls_data["test"])
     inp = tmp_path / "in.csv"
@@ -100,7 +105,8 @@ def test_evaluate_and_predict_files(cls_run, cls_data, cli, tmp_path):
         w.writerow(["id", "text"])
         for i, r in enumerate(src):
             w.writerow([f"x{i}", r["text"]])
-    res = cli("predict", cls_run, "--input", inp, "--output", tmp_path / "p.csv", "--id-column", "id")
+    res = cli("predict", cls_run, "--input", inp, "--output", tmp_path / "p.csv", "--id-column", "id", "--precision",
+              "fp32")
     assert res.code == 0, res.output
     out = read_csv(tmp_path / "p.csv")
     assert [r["id"] for r in out] == [f"x{i}" for i in range(len(src))]
@@ -111,8 +117,8 @@ def test_evaluate_and_predict_files(cls_run, cls_data, cli, tmp_path):
     res = cli("predict", cls_run, "--input", inp, "--output", tmp_path / "p.jsonl")
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert len(lines) == len(src) and json.loads(lines[0])["label"] == out[0]["label"]
-    res = cli("predict", cls_run, "--text", "market shares profit bank oil")
-    assert res.code == 0 and res.output.startswith("business")
+    res = cli("predict", cls_run, "--text", src[0]["text"], "--precision", "fp32")
+    assert res.code == 0 and res.output.startswith(out[0]["label"] + "\t")
     assert cli("predict", cls_run, "--input", inp, "--output", tmp_path / "p.csv").code == 2  # exists
 
 
@@ -131,6 +137,8 @@ def test_pickle_needs_opt_in(cls_run, cli, tmp_path):
 def test_merge_proof_pipeline_and_corruption(cls_run, cli, tmp_path):
     from transformers import AutoModelForSequenceClassification, pipeline
 
+    from lorafit.inference import Predictor
+
     merged = tmp_path / "merged"
     res = cli("merge", cls_run, "--output", merged)
     assert res.code == 0, res.output
@@ -139,7 +147,8 @@ def test_merge_proof_pipeline_and_corruption(cls_run, cli, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(merged)
     assert set(model.config.id2label.values()) == {"business", "science", "sports"}
     clf = pipeline("text-classification", model=str(merged))
-    assert clf("market shares profit bank oil")[0]["label"] == "business"
+    text = "market shares profit bank oil"
+    assert clf(text)[0]["label"] == Predictor.load(cls_run).predict(text)["label"]  # fp32, like the pipeline
     assert cli("merge", cls_run, "--verify", merged).code == 0
     # corrupt one merged weight: the proof must fail
     from safetensors.torch import load_file, save_file
@@ -273,10 +282,14 @@ def test_adapter_on_another_machine_with_base_model_copy(cls_run, cli, tiny_robe
     """A copy of the base in another place is accepted (same fingerprint, same weights hash)."""
     import shutil
 
+    from lorafit.inference import Predictor
+
     copy = tmp_path / "base-copy"
     shutil.copytree(tiny_roberta, copy)
-    res = cli("predict", cls_run, "--text", "market shares profit bank oil", "--base-model", copy)
-    assert res.code == 0 and res.output.startswith("business"), res.output
+    text = "market shares profit bank oil"
+    res = cli("predict", cls_run, "--text", text, "--base-model", copy, "--precision", "fp32")
+    expected = Predictor.load(cls_run).predict(text)["label"]
+    assert res.code == 0 and res.output.startswith(expected + "\t"), res.output
     # same architecture, different weights: refused by the weights hash
     from safetensors.torch import load_file, save_file
 

@@ -89,7 +89,8 @@ def test_health_and_metadata(client, cls_run):
 
 
 def test_predictions_match_lorafit_predict(client, cls_run, cls_data, tmp_path):
-    res = run_cli("predict", cls_run, "--input", cls_data["test"], "--output", tmp_path / "p.csv")
+    res = run_cli("predict", cls_run, "--input", cls_data["test"], "--output", tmp_path / "p.csv", "--precision",
+                  "fp32")  # the server's default: fp32 (lowest single-request latency)
     assert res.code == 0, res.output
     rows = read_csv(tmp_path / "p.csv")
     texts = [r["text"] for r in read_csv(cls_data["test"])]

@@ -104,6 +104,8 @@ class Config:
     task: TaskName | None = _f(None, "classification or ner; detected from the data when absent.")
     preset: str | None = _f(None, "The preset this config started from (informational).")
     precision: Precision = _f("auto", "auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32.")
+    fast_dropout: bool = _f(True, "CPU training: draw dropout masks 16 random bits at a time (same p to 1/65536, "
+                            "about 4x cheaper than torch's bernoulli masks); false: torch's own dropout.")
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data sources and columns."})

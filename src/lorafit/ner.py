@@ -351,6 +351,7 @@ def evaluate_ner_file(predictor: Predictor, data_file: str | Path, output: str |
     align_to_model(split, predictor.labels, predictor.bundle.get("scheme") or "IO")
     metrics, _, _ = evaluate_sentences(predictor, split.tokens, split.tags, batch_size)
     metrics["data"] = str(data_file)
+    metrics["inference_precision"] = predictor.precision
     if output:
         write_json(output, metrics)
     return metrics
@@ -506,7 +507,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
                             compute_metrics=_trainer_metrics(enc["validation"], val_order,
                                                              nd.splits["validation"].tags, labels, scheme))
     _sequential_eval(trainer)
-    run_training(trainer, out, resume, allow_pickle=allow_pickle)
+    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every sentence
         return training.Run(out, cfg, {}, params, time.time() - t0)
 
@@ -523,7 +524,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
                    "coarse": has_coarse([split_tag(n, scheme)[1] or "" for n in labels if n != "O"])}
     write_manifest(adapter, meta)
 
-    predictor = Predictor(model, tokenizer, read_json(adapter / "lorafit.json"))
+    predictor = Predictor(model, tokenizer, read_json(adapter / "lorafit.json"), precision=score_precision)
     metrics: dict[str, Any] = {"task": "ner", "labels": list(labels), "scheme": scheme}
     eval_bs = int(targs.per_device_eval_batch_size)
     for split in ("validation", "test"):

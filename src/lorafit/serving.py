@@ -144,7 +144,7 @@ def _json_type(value: Any) -> str:
 
 
 def load_predictor(path: str | Path, backend: str = "auto", base_model: str | None = None,
-                   variant: str | None = None) -> Any:
+                   variant: str | None = None, precision: str = "fp32") -> Any:
     """A Predictor on a run / bundle (torch) or an export folder (onnx), refusing a backend that cannot load it."""
     from lorafit.inference import Predictor, bundle_dir
 
@@ -166,7 +166,7 @@ def load_predictor(path: str | Path, backend: str = "auto", base_model: str | No
         from lorafit.export import load_export
 
         return load_export(Predictor, folder, bundle, variant=variant)
-    return Predictor.load(path, base_model=base_model)
+    return Predictor.load(path, base_model=base_model, precision=precision)
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from lorafit.artifacts import (
 )
 from lorafit.config import Config, deep_merge
 from lorafit.errors import LorafitError, logger, warn
+from lorafit.inference import cpu_has_bf16
 from lorafit.presets import DEFAULT_LORA, DEFAULT_TRAINING
 from lorafit.reports import write_model_card
 
@@ -55,17 +56,6 @@ class Run:
 
 
 # ---- precision ---------------------------------------------------------------------------------------------
-def cpu_has_bf16() -> tuple[bool, str]:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False, "cannot read CPU flags"
-    for flag in ("amx_bf16", "avx512_bf16"):
-        if f" {flag}" in flags:
-            return True, f"CPU has {flag}"
-    return False, "CPU lacks AVX512-BF16 and AMX"
-
-
 def resolve_precision(requested: str) -> tuple[str, str]:
     """The concrete precision (bf16 / fp16 / fp32) and why."""
     import torch
@@ -229,7 +219,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
 
     trainer = build_trainer(model, targs, tokenizer, tokenized["train"], tokenized["validation"], class_weights,
                             cfg, out)
-    run_training(trainer, out, resume, allow_pickle=allow_pickle)
+    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every row
         return Run(out, cfg, {}, params, time.time() - t0)
 
@@ -244,8 +234,9 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
 
     from lorafit.inference import Predictor
 
-    predictor = Predictor(model, tokenizer, read_json(adapter / "lorafit.json"))
-    metrics: dict[str, Any] = {"task": "classification", "labels": list(labels.names)}
+    predictor = Predictor(model, tokenizer, read_json(adapter / "lorafit.json"), precision=score_precision)
+    metrics: dict[str, Any] = {"task": "classification", "labels": list(labels.names),
+                               "scored_in": score_precision}
     eval_bs = int(targs.per_device_eval_batch_size)
     for split in ("validation", "test"):
         if split not in ds.splits:

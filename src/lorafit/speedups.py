@@ -1,0 +1,149 @@
+"""CPU training speed-ups that keep the recipe: cheaper dropout masks, frozen weights stored in bf16.
+
+Measured on the benchmark CPU (docs/benchmarks.md): drawing dropout masks with ``bernoulli_`` took about a third
+of a bf16 LoRA training step, as long as all the matrix multiplications. Here a mask costs one 64-bit draw per
+four elements (16 random bits each, compared with a threshold), ~4x fewer generator calls, and backward reuses
+the saved boolean mask. Dropout stays dropout: same p (to 1/65536), same 1/(1-p) scaling, the same torch
+generator (so seeding and the Trainer's exact resume still hold); only the random stream differs.
+
+Under bf16 autocast every frozen ``nn.Linear`` is cast to bf16 on every call; storing those frozen weights in
+bf16 gives bit-identical matmuls without the casts, and halves their memory. Trainable weights stay fp32.
+
+Everything is applied for the duration of training only (``training_speedups``) and undone afterwards, except
+the bf16 weights, which the caller keeps for bf16 scoring (the values autocast would use anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+ATTENTION_NAME = "lorafit_sdpa"
+_LEVELS = 65536  # a mask element is 16 random bits
+
+
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+    """Boolean tensor, True with probability round(p * 65536) / 65536 (the elements to drop)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    words = (n + 3) // 4
+    bits = torch.empty(words, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    threshold = round(p * _LEVELS) - _LEVELS // 2
+    return (bits.view(torch.int16)[:n] < threshold).view(shape)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        drop = drop_mask(x.shape, p)
+        ctx.save_for_backward(drop)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x.mul(ctx.scale).masked_fill_(drop, 0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (drop,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).masked_fill_(drop, 0), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Drop-in for ``F.dropout`` on CPU tensors; other devices (fused GPU kernels) keep torch's own."""
+    if not training or p <= 0 or x.device.type != "cpu":
+        return nn.functional.dropout(x, p, training)
+    if p >= 1:
+        return torch.zeros_like(x)
+    return _Dropout.apply(x, p)
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with the cheaper CPU mask; same p, same eval behaviour, no state."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+              is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except in CPU training with attention dropout, where SDPA falls back to
+    its math path with ``bernoulli_`` masks: the same math here, with the cheaper mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    simple = query.shape[1] == key.shape[1] and not causal and query.device.type == "cpu"
+    if not (module.training and dropout > 0 and simple):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    q, k, v = (t.to(dtype) for t in (query, key, value))
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    with torch.autocast("cpu", enabled=False):
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask.to(scores.dtype)
+        probs = _Dropout.apply(torch.softmax(scores, dim=-1), dropout)
+        out = torch.matmul(probs, v)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(ATTENTION_NAME, attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            seen.setdefault(id(cfg), cfg)
+    return list(seen.values())
+
+
+def frozen_linears_to_bf16(model: nn.Module) -> int:
+    """Store every frozen nn.Linear's weight and bias in bf16 (for bf16 autocast); returns how many."""
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Linear and not any(p.requires_grad for p in m.parameters(recurse=False)):
+            m.to(torch.bfloat16)
+            n += 1
+    return n
+
+
+@contextmanager
+def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterator[dict[str, int]]:
+    """Swap every nn.Dropout for FastDropout and route SDPA attention through ``attention``; undone on exit."""
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    configs: list[tuple[Any, str]] = []
+    if fast_dropout:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Dropout:
+                    fast = FastDropout(child.p, child.inplace)
+                    fast.train(child.training)
+                    setattr(parent, name, fast)
+                    swapped.append((parent, name, child))
+        _register_attention()
+        for cfg in _configs(model):
+            if cfg._attn_implementation == "sdpa":
+                configs.append((cfg, cfg._attn_implementation))
+                cfg._attn_implementation = ATTENTION_NAME
+    try:
+        yield {"dropout_modules": len(swapped), "attention_configs": len(configs)}
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+        for cfg, impl in configs:
+            cfg._attn_implementation = impl

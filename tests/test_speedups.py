@@ -1,0 +1,124 @@
+"""The CPU training speed-ups keep the recipe: dropout is still dropout, attention still attention, bf16
+frozen weights give the same matmuls as autocast, and a training run goes through them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lorafit import speedups
+
+
+def test_drop_mask_rate_and_independence():
+    torch.manual_seed(0)
+    m = speedups.drop_mask((400, 1000), 0.1)
+    assert m.dtype == torch.bool and m.shape == (400, 1000)
+    rate = m.float().mean().item()
+    assert abs(rate - 0.1) < 0.003  # 400k draws: sd 0.0005
+    # neighbouring elements (the four 16-bit slices of one 64-bit draw) are not correlated
+    flat = m.flatten().float()
+    both = (flat[:-1] * flat[1:]).mean().item()
+    assert abs(both - rate * rate) < 0.002
+    assert abs(speedups.drop_mask((100_000,), 0.5).float().mean().item() - 0.5) < 0.01
+    assert not speedups.drop_mask((1000,), 0.0).any()
+
+
+def test_dropout_forward_backward_and_eval():
+    torch.manual_seed(1)
+    x = torch.randn(64, 300, requires_grad=True)
+    y = speedups.dropout(x, 0.2, True)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.8)
+    assert 0.15 < 1 - kept.float().mean().item() < 0.25
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.8)
+    layer = speedups.FastDropout(0.2).eval()
+    assert torch.equal(layer(x), x)
+    # the stream follows torch's generator: same seed, same mask (what exact resume relies on)
+    torch.manual_seed(7)
+    a = speedups.drop_mask((1000,), 0.1)
+    torch.manual_seed(7)
+    assert torch.equal(a, speedups.drop_mask((1000,), 0.1))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_attention_math_matches_sdpa(mask_kind):
+    """With a vanishing p (no element dropped) the dropout path must equal transformers' SDPA attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(2)
+    b, h, seq, d = 3, 4, 9, 8
+    q, k, v = (torch.randn(b, h, seq, d) for _ in range(3))
+    mask = None
+    if mask_kind != "none":
+        keep = torch.ones(b, 1, seq, seq, dtype=torch.bool)
+        keep[0, :, :, -3:] = False
+        mask = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(
+            torch.float32).min)
+    module = nn.Module().train()
+    module.is_causal = False
+    ours, _ = speedups.attention(module, q, k, v, mask, dropout=1e-9, scaling=d**-0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=d**-0.5)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    # with a real p about that share of attention weights is dropped, and the rows are rescaled
+    torch.manual_seed(3)
+    dropped, _ = speedups.attention(module, q, k, v, mask, dropout=0.5, scaling=d**-0.5)
+    assert not torch.allclose(dropped, ref, atol=1e-3)
+
+
+def test_training_speedups_swap_and_restore(tiny_roberta):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta, num_labels=3)
+    before = [type(m) for m in model.modules()]
+    assert model.config._attn_implementation == "sdpa"
+    with speedups.training_speedups(model) as info:
+        assert info["dropout_modules"] == sum(t is nn.Dropout for t in before) > 0
+        assert not any(type(m) is nn.Dropout for m in model.modules())
+        assert model.config._attn_implementation == speedups.ATTENTION_NAME
+        model.train()
+        ids = torch.randint(3, 100, (2, 7))
+        model(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+    assert [type(m) for m in model.modules()] == before
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_bf16_frozen_linears_are_bit_identical_under_autocast(tiny_roberta):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    def build():
+        torch.manual_seed(0)
+        m = AutoModelForSequenceClassification.from_pretrained(tiny_roberta, num_labels=3)
+        return get_peft_model(m, LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS")).eval()
+
+    ref, fast = build(), build()
+    n = speedups.frozen_linears_to_bf16(fast)
+    assert n > 0
+    assert all(p.dtype == torch.float32 for p in fast.parameters() if p.requires_grad)
+    ids = torch.randint(3, 100, (4, 11))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ref(input_ids=ids).logits, fast(input_ids=ids).logits)
+
+
+def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cli):
+    """A bf16 CPU run (fast dropout + bf16 frozen weights) trains, learns, and is scored in bf16."""
+    from lorafit.artifacts import read_json
+    from lorafit.inference import cpu_has_bf16
+
+    if not cpu_has_bf16()[0]:
+        pytest.skip("this CPU has no bf16: lorafit trains it in fp32")
+    out = tmp_path / "run"
+    res = cli("train", "--model", tiny_roberta, "--train-file", cls_data["train"], "--test-file", cls_data["test"],
+              "--output-dir", out, "--epochs", "8", "--lr", "2e-2", "--batch-size", "16", "--precision", "bf16")
+    assert res.code == 0, res.output
+    metrics = read_json(out / "metrics.json")
+    assert metrics["scored_in"] == "bf16"
+    assert metrics["test"]["accuracy"] >= 0.8
+    for precision in ("auto", "fp32"):  # auto: bf16 on this CPU, like training
+        ev = cli("evaluate", out, "--data", cls_data["test"], "--precision", precision, "--output", tmp_path / "m.json")
+        assert ev.code == 0, ev.output
+        m = read_json(tmp_path / "m.json")
+        assert m["inference_precision"] == ("bf16" if precision == "auto" else "fp32")
+        assert abs(m["accuracy"] - metrics["test"]["accuracy"]) <= 0.05
