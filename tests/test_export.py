@@ -58,6 +58,7 @@ def test_export_folder_is_a_checked_bundle_with_a_model_card(exported, cls_run):
     assert bundle["kind"] == "export" and bundle["task"] == "classification"
     assert bundle["labels"] == adapter["labels"] and bundle["max_length"] == adapter["max_length"]
     assert bundle["onnx"]["default"] == "int8" and bundle["onnx"]["opset"] >= 17
+    assert bundle["onnx"]["exporter"] == "torchscript"
     assert verify_manifest(exported) == []
     meta = front_matter((exported / "README.md").read_text())
     assert meta["library_name"] == "onnx" and meta["pipeline_tag"] == "text-classification"
@@ -144,9 +145,18 @@ def test_export_refuses_a_parity_failure(cls_run, tmp_path, cli):
     assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())  # no half-written or temporary folder
 
 
+def test_dynamo_exporter_also_passes_the_parity_gate(cls_run, tmp_path, cli):
+    res = cli("export", cls_run, "--output", tmp_path / "d", "--exporter", "dynamo", "--quantize", "int8", "--no-bench")
+    assert res.code == 0, res.output
+    rep = json.loads((tmp_path / "d" / "export_report.json").read_text())
+    assert rep["exporter"] == "dynamo" and rep["variants"]["onnx_fp32"]["max_abs_logit_delta"] < 1e-4
+    assert "MatMulInteger" in op_types(tmp_path / "d" / "model.int8.onnx")
+
+
 @pytest.mark.parametrize("args, code", [
     (["--format", "tflite"], "E601"),
     (["--quantize", "int4"], "E602"),
+    (["--exporter", "jit"], "E003"),
 ])
 def test_export_bad_options(cls_run, tmp_path, cli, args, code):
     res = cli("export", cls_run, "--output", tmp_path / "x", *args)

@@ -349,6 +349,8 @@ def export(
     no_bench: bool = Opt(False, "--no-bench", help="Skip the latency / throughput measurements."),
     threads: int = Opt(None, "--threads", help="CPU threads for both backends while measuring (default: torch's)."),
     overwrite: bool = Opt(False, "--overwrite", help="Replace an existing export folder."),
+    exporter: str = Opt("torchscript", "--exporter", help="torch ONNX exporter: torchscript (faster int8 graph) or "
+                        "dynamo."),
 ) -> None:
     # fmt: on
     """Merge, export to ONNX (optionally int8), check parity, measure accuracy, size and speed."""
@@ -358,7 +360,7 @@ def export(
     rep = export_api(run, output, fmt=fmt, quantize=quantize, data=data,
                      text_columns=list(text_column) if text_column else None, label_column=label_column,
                      tolerance=tolerance, base_model=base_model, bench=not no_bench, overwrite=overwrite,
-                     threads=threads)
+                     threads=threads, exporter=exporter)
     v = rep["variants"]
     typer.echo(f"exported: {output}")
     typer.echo(f"parity: ONNX fp32 vs PyTorch max |logit delta| {v['onnx_fp32']['max_abs_logit_delta']:.3g} <= "

@@ -123,6 +123,19 @@ def frozen_linears_to_bf16(model: nn.Module) -> int:
 
 
 @contextmanager
+def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    """Run ``model`` with another registered attention implementation (e.g. eager for ONNX export); restored."""
+    configs = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
+    for cfg, _ in configs:
+        cfg._attn_implementation = name
+    try:
+        yield
+    finally:
+        for cfg, impl in configs:
+            cfg._attn_implementation = impl
+
+
+@contextmanager
 def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterator[dict[str, int]]:
     """Swap every nn.Dropout for FastDropout and route SDPA attention through ``attention``; undone on exit."""
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
