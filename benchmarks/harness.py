@@ -195,9 +195,13 @@ def lorafit_args(model: Path, files: dict[str, Path], out: Path, *extra: Any, th
 
 
 def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch: int = 16, pad_to: int | None = 128,
-             group_by_length: bool = False, bf16: bool = False, lora: bool = True, lr: float = 5e-4) -> Recorder:
+             group_by_length: bool = False, bf16: bool = False, lora: bool = True, lr: float = 5e-4,
+             speedups: bool = False) -> Recorder:
     """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
-    dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer."""
+    dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer.
+    ``speedups``: with lorafit's CPU training speed-ups (lorafit.speedups), as `lorafit train` applies them."""
+    from contextlib import nullcontext
+
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -230,7 +234,15 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
     rec = Recorder()
     trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                       data_collator=rec.wrap(DataCollatorWithPadding(tok)), callbacks=[rec.callback()])
-    trainer.train()
+    context: Any = nullcontext()
+    if speedups:
+        from lorafit import speedups as sp
+
+        if bf16:
+            sp.frozen_linears_to_bf16(model)  # none under full fine-tuning: every weight trains
+        context = sp.training_speedups(model)
+    with context:
+        trainer.train()
     return rec
 
 
