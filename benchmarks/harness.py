@@ -196,7 +196,7 @@ def lorafit_args(model: Path, files: dict[str, Path], out: Path, *extra: Any, th
 
 def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch: int = 16, pad_to: int | None = 128,
              group_by_length: bool = False, bf16: bool = False, lora: bool = True, lr: float = 5e-4,
-             speedups: bool = False) -> Recorder:
+             speedups: bool = False, gradient_checkpointing: bool = False) -> Recorder:
     """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
     dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer.
     ``speedups``: with lorafit's CPU training speed-ups (lorafit.speedups), as `lorafit train` applies them."""
@@ -230,6 +230,7 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch, learning_rate=lr,
                              max_steps=steps, logging_steps=10, save_strategy="no", eval_strategy="no",
                              report_to="none", use_cpu=True, bf16=bf16, seed=42, disable_tqdm=True,
+                             gradient_checkpointing=gradient_checkpointing,
                              train_sampling_strategy="group_by_length" if group_by_length else "random")
     rec = Recorder()
     trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,

@@ -7,10 +7,11 @@ query,value (+ the head), or every weight. The roberta-base architecture with ra
 each run is its own process, its RSS (with children) sampled every 20 ms with psutil, and the kernel's own
 high-water mark (ru_maxrss) taken when it exits; the RSS when training starts (model and data loaded) splits the
 peak into what was there before the first step and what training added (activations, gradients, optimizer
-state). Both see the same batches in the same order. lorafit's default batch (32), and a small batch (8) where
-activations weigh less.
+state). Both see the same batches in the same order. lorafit's default batch (32), the seeds' batch (16) and a
+small batch (8) where activations weigh less; at batch 32 also LoRA with gradient checkpointing (an option, not
+a default: it recomputes each layer's forward pass in backward).
 
-    python benchmarks/lora_vs_full.py                # batches 32 and 8, 2 + 10 steps per run (~2 minutes)
+    python benchmarks/lora_vs_full.py                # batches 32, 16, 8; 2 + 10 steps per run (~5 minutes)
     python benchmarks/lora_vs_full.py --smoke        # tiny model (smoke test)
 """
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h  # noqa: E402
 
 GOAL = 0.65
+CHECKPOINTED = "LoRA + gradient checkpointing"
 BATCH = 32
 
 
@@ -35,15 +37,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     steps, warm = spec["steps"], spec["warmup"]
     rec = h.hf_train(Path(spec["model"]), Path(spec["train"]), Path(spec["out"]), steps=warm + steps,
                      batch=spec["batch"], pad_to=None, group_by_length=True, bf16=spec["bf16"], lora=spec["lora"],
-                     speedups=True)
+                     speedups=True, gradient_checkpointing=spec.get("checkpointing", False))
     return {"window": rec.window(warm + 1, warm + steps), **rec.summary(), "threads": torch.get_num_threads()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
-    ap.add_argument("--batches", type=int, nargs="+", default=[BATCH, 8], help="batch sizes (the first: the goal)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[BATCH, 16, 8], help="batch sizes (the first: the goal)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-checkpointing", action="store_true", help="skip the LoRA + gradient checkpointing runs")
     ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds; for the smoke test)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -59,12 +62,15 @@ def main() -> None:
               f"{(a.steps + a.warmup) * max(a.batches)} real AG News rows; {'bf16' if bf16 else 'fp32'}; "
               f"{a.warmup} warm-up + {a.steps} timed steps\n", flush=True)
         runs: dict[int, dict[str, Any]] = {}
+        configs = [("LoRA r8 query,value", True, False), ("full fine-tuning", False, False)]
+        if not a.no_checkpointing:
+            configs.insert(1, (CHECKPOINTED, True, True))
         for batch in a.batches:
-            for name, lora in (("LoRA r8 query,value", True), ("full fine-tuning", False)):
+            for name, lora, ckpt in configs if batch == a.batches[0] else configs[::len(configs) - 1]:
                 runs.setdefault(batch, {})[name] = h.spawn(worker, {
                     "model": str(model), "train": str(files["train"]), "bf16": bf16, "lora": lora, "batch": batch,
-                    "steps": a.steps, "warmup": a.warmup, "out": str(work / f"{'lora' if lora else 'full'}{batch}")},
-                    rss=True)
+                    "steps": a.steps, "warmup": a.warmup, "checkpointing": ckpt,
+                    "out": str(work / f"{'lora' if lora else 'full'}{int(ckpt)}-{batch}")}, rss=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows, ratios = [], {}
@@ -82,7 +88,14 @@ def main() -> None:
     print(f"\ngoal LoRA peak RSS <= {GOAL}x full fine-tuning at lorafit's batch {first}: {ratios[first]:.2f}x, "
           f"{h.verdict(ratios[first] <= GOAL)}")
     for batch in a.batches[1:]:
-        print(f"at batch {batch}: {ratios[batch]:.2f}x")
+        print(f"at batch {batch}: {ratios[batch]:.2f}x, {h.verdict(ratios[batch] <= GOAL)}")
+    ck = runs[first].get(CHECKPOINTED)
+    if ck:
+        full = runs[first]["full fine-tuning"]
+        ratios["checkpointed"] = ck["peak_rss_mib"] / full["peak_rss_mib"]
+        print(f"{CHECKPOINTED} (an option: --set training.gradient_checkpointing=true) at batch {first}: "
+              f"{ratios['checkpointed']:.2f}x the peak RSS at "
+              f"{ck['window']['samples_per_s'] / full['window']['samples_per_s']:.2f}x the speed of full fine-tuning")
     h.save_json(a.json, {"runs": runs, "rss_ratio": ratios})
 
 

@@ -122,3 +122,29 @@ def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cl
         m = read_json(tmp_path / "m.json")
         assert m["inference_precision"] == ("bf16" if precision == "auto" else "fp32")
         assert abs(m["accuracy"] - metrics["test"]["accuracy"]) <= 0.05
+
+
+def test_fused_attention_core_matches_the_three_ops_it_replaces():
+    """Same mask (same generator state): outputs and q/k/v gradients equal softmax -> dropout -> matmul."""
+
+    def run(fused: bool):
+        torch.manual_seed(5)
+        b, h, seq, d = 2, 3, 7, 8
+        q, k, v = (torch.randn(b, h, seq, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        keep = torch.ones(b, 1, seq, seq, dtype=torch.bool)
+        keep[0, :, :, -2:] = False
+        module = nn.Module().train()
+        module.is_causal = False
+        torch.manual_seed(9)
+        if fused:
+            out, _ = speedups.attention(module, q, k, v, keep, dropout=0.3, scaling=d**-0.5)
+        else:
+            scores = (q @ k.transpose(-1, -2)) * d**-0.5
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            out = (speedups.dropout(torch.softmax(scores, -1), 0.3) @ v).transpose(1, 2)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weights).sum().backward()
+        return out, q.grad, k.grad, v.grad
+
+    for got, want in zip(run(True), run(False), strict=True):
+        assert torch.allclose(got, want, atol=1e-10)
