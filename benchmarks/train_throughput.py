@@ -36,6 +36,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     model, out = Path(spec["model"]), Path(spec["out"])
     files = {k: Path(v) for k, v in spec["files"].items()}
     warm, steps = spec["warmup"], spec["steps"]
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
     if spec["kind"] == "baseline":
         rec = h.hf_train(model, files["train"], out, steps=warm + steps, batch=16, pad_to=128)
         return {"window": rec.window(warm + 1, warm + steps), **rec.summary()}
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4 * MEGABATCH * LORAFIT_BATCH, help="real AG News training rows")
     ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds; for the smoke test)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: the machine's)")
     a = ap.parse_args()
     if a.smoke:
         h.INLINE = True
@@ -66,10 +71,11 @@ def main() -> None:
         model = h.roberta_folder(work / "model", smoke=a.smoke)
         files = h.rows_files(work, a.rows, 0)
         common = {"model": str(model), "files": {k: str(v) for k, v in files.items()}, "steps": a.steps,
-                  "warmup": a.warmup}
+                  "warmup": a.warmup, "threads": a.threads}
         print(f"model: roberta-base architecture{' (smoke: 2 layers, 64 wide)' if a.smoke else ''}, random weights,"
               f" real tokenizer; {a.rows} real AG News rows; {a.warmup} warm-up steps, then {a.baseline_steps} "
-              f"timed baseline steps and {a.steps} timed lorafit steps\n", flush=True)
+              f"timed baseline steps and {a.steps} timed lorafit steps"
+              f"{f'; {a.threads} torch thread(s) in every run' if a.threads else ''}\n", flush=True)
         runs = {
             "baseline": h.spawn(worker, {**common, "kind": "baseline", "steps": a.baseline_steps,
                                          "out": str(work / "baseline")}),
