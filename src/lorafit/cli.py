@@ -29,7 +29,7 @@ def _root(debug: bool = Opt(False, "--debug", help="Show tracebacks for user err
 
 
 # fmt: off
-PRECISION_HELP = ("PyTorch backend: auto (bf16 autocast where the CPU/GPU has bf16: 2.4-2.9x faster in batches, "
+PRECISION_HELP = ("PyTorch backend: auto (bf16 autocast where the CPU/GPU has bf16: 1.8-2.8x faster in batches, "
                   "accuracy within 0.1 point), bf16 or fp32 (exact reference).")
 
 @app.command()

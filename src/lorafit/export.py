@@ -144,16 +144,10 @@ def export_onnx(model: Any, predictor: Predictor, texts: list[Any], pairs: list[
 
     from lorafit.speedups import attention_implementation
 
-    if exporter not in EXPORTERS:
-        raise LorafitError("E003", key="exporter", value=exporter, expected=" or ".join(EXPORTERS))
     two = (lambda xs: (list(xs[:2]) * 2)[:2])  # noqa: E731 - a batch of 2, so the batch axis stays dynamic
     enc = _encode(predictor, two(texts), two(pairs) if pairs else None)
     names = [n for n in INPUT_NAMES if n in enc]
     wrapper = (_LogitsWithTypes if "token_type_ids" in names else _Logits)(model).eval()
-    batch, seq = Dim("batch"), Dim("sequence")
-    shapes = {n: {0: batch, 1: seq} for n in names}
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if predictor.task == "ner" else {0: "batch"}
     sink = io.StringIO()
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
     levels = [lg.level for lg in quiet]
@@ -163,10 +157,15 @@ def export_onnx(model: Any, predictor: Predictor, texts: list[Any], pairs: list[
             for lg in quiet:
                 lg.setLevel(logging.ERROR)  # exporter progress and "torchvision is not installed" notes
             if exporter == "dynamo":
+                batch, seq = Dim("batch"), Dim("sequence")
+                shapes = {n: {0: batch, 1: seq} for n in names}
                 torch.onnx.export(wrapper, tuple(enc[n] for n in names), str(path), input_names=names,
                                   output_names=["logits"], opset_version=opset, dynamo=True, dynamic_shapes=shapes,
                                   external_data=False)
             else:
+                axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "logits"]}
+                if predictor.task != "ner":
+                    axes["logits"] = {0: "batch"}
                 with attention_implementation(model, "eager"):
                     torch.onnx.export(wrapper, tuple(enc[n] for n in names), str(path), input_names=names,
                                       output_names=["logits"], opset_version=opset, dynamo=False,
@@ -331,6 +330,8 @@ def export(run: str | Path, output: str | Path, *, fmt: str = "onnx", quantize: 
         raise LorafitError("E601", value=fmt, known=", ".join(FORMATS))
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise LorafitError("E602", value=quantize, known=", ".join(QUANTIZATIONS))
+    if exporter not in EXPORTERS:
+        raise LorafitError("E003", key="--exporter", value=exporter, expected=" or ".join(EXPORTERS))
     out = Path(output)
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:

@@ -40,7 +40,7 @@ def cpu_has_bf16() -> tuple[bool, str]:
 
 
 def inference_precision(requested: str) -> str:
-    """auto: bf16 autocast where the hardware has bf16 (2.4-2.9x faster batched on the benchmark CPU, accuracy
+    """auto: bf16 autocast where the hardware has bf16 (1.8-2.8x faster batched on the benchmark CPU, accuracy
     within 0.1 point; docs/benchmarks.md), else fp32. bf16 / fp32: as asked."""
     if requested in ("fp32", "bf16"):
         return requested

@@ -350,8 +350,7 @@ def evaluate_ner_file(predictor: Predictor, data_file: str | Path, output: str |
     split = read_ner_file(data_file, ner.get("format"), tag_column=ner.get("tag_column"), names=predictor.labels)
     align_to_model(split, predictor.labels, predictor.bundle.get("scheme") or "IO")
     metrics, _, _ = evaluate_sentences(predictor, split.tokens, split.tags, batch_size)
-    metrics["data"] = str(data_file)
-    metrics["inference_precision"] = predictor.precision
+    metrics.update(data=str(data_file), inference_precision=predictor.precision)
     if output:
         write_json(output, metrics)
     return metrics

@@ -35,8 +35,7 @@ def evaluate_file(run: str | Path, data_file: str | Path, *, text_columns: list[
                                        label_column=label_column, text_pair_column=text_pair_column,
                                        allow_pickle=allow_pickle)
     metrics, _ = predictor.evaluate(texts, gold, pairs, batch_size=batch_size)
-    metrics["data"] = str(data_file)
-    metrics["inference_precision"] = predictor.precision
+    metrics.update(data=str(data_file), inference_precision=predictor.precision)
     if output:
         write_json(output, metrics)
     return metrics

@@ -18,8 +18,9 @@ the bf16 weights, which the caller keeps for bf16 scoring (the values autocast w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -31,9 +32,7 @@ _LEVELS = 65536  # a mask element is 16 random bits
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """Boolean tensor, True with probability round(p * 65536) / 65536 (the elements to drop)."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = (n + 3) // 4
     bits = torch.empty(words, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     threshold = round(p * _LEVELS) - _LEVELS // 2
@@ -161,13 +160,15 @@ def frozen_linears_to_bf16(model: nn.Module) -> int:
 
 
 @contextmanager
-def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
-    """Run ``model`` with another registered attention implementation (e.g. eager for ONNX export); restored."""
-    configs = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
+def attention_implementation(model: nn.Module, name: str, replacing: str | None = None) -> Iterator[int]:
+    """Run ``model`` with another registered attention implementation (e.g. eager for ONNX export), only where
+    the current one is ``replacing`` when given; yields how many configs changed, restored on exit."""
+    configs = [(cfg, cfg._attn_implementation) for cfg in _configs(model)
+               if replacing is None or cfg._attn_implementation == replacing]
     for cfg, _ in configs:
         cfg._attn_implementation = name
     try:
-        yield
+        yield len(configs)
     finally:
         for cfg, impl in configs:
             cfg._attn_implementation = impl
@@ -176,25 +177,17 @@ def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
 @contextmanager
 def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterator[dict[str, int]]:
     """Swap every nn.Dropout for FastDropout and route SDPA attention through ``attention``; undone on exit."""
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    configs: list[tuple[Any, str]] = []
-    if fast_dropout:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Dropout:
-                    fast = FastDropout(child.p, child.inplace)
-                    fast.train(child.training)
-                    setattr(parent, name, fast)
-                    swapped.append((parent, name, child))
-        _register_attention()
-        for cfg in _configs(model):
-            if cfg._attn_implementation == "sdpa":
-                configs.append((cfg, cfg._attn_implementation))
-                cfg._attn_implementation = ATTENTION_NAME
-    try:
-        yield {"dropout_modules": len(swapped), "attention_configs": len(configs)}
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
-        for cfg, impl in configs:
-            cfg._attn_implementation = impl
+    with ExitStack() as undo:
+        swapped = attention_configs = 0
+        if fast_dropout:
+            for parent in list(model.modules()):
+                for name, child in list(parent.named_children()):
+                    if type(child) is nn.Dropout:
+                        fast = FastDropout(child.p, child.inplace)
+                        fast.train(child.training)
+                        setattr(parent, name, fast)
+                        undo.callback(setattr, parent, name, child)
+                        swapped += 1
+            _register_attention()
+            attention_configs = undo.enter_context(attention_implementation(model, ATTENTION_NAME, replacing="sdpa"))
+        yield {"dropout_modules": swapped, "attention_configs": attention_configs}
