@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import FEW_NERD, ROBERTA_TOKENIZER, run_cli
 from lorafit.errors import LorafitError
@@ -598,8 +599,9 @@ def _f1(gold: list[list[str]], pred: list[list[str]], coarse: bool = False) -> f
 
 
 def _reference(model_dir: Path, labels: list[str], train: list, test: list, out: Path, *, epochs: int, lr: float,
-               bs: int, max_length: int) -> list[list[str]]:
-    """A plain Trainer + PEFT token classifier: first-sub-token labels, truncation, same LoRA settings."""
+               bs: int, max_length: int, bf16: bool) -> list[list[str]]:
+    """A plain Trainer + PEFT token classifier: first-sub-token labels, truncation, same LoRA settings and
+    precision."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -638,7 +640,7 @@ def _reference(model_dir: Path, labels: list[str], train: list, test: list, out:
     model = get_peft_model(model, LoraConfig(task_type="TOKEN_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
                                              target_modules=["query", "value"]))
     args = TrainingArguments(output_dir=str(out), num_train_epochs=epochs, learning_rate=lr,
-                             per_device_train_batch_size=bs, warmup_steps=0.06, weight_decay=0.01, bf16=True,
+                             per_device_train_batch_size=bs, warmup_steps=0.06, weight_decay=0.01, bf16=bf16,
                              use_cpu=True, save_strategy="no", eval_strategy="no", report_to="none", seed=42,
                              logging_steps=50, disable_tqdm=True, train_sampling_strategy="group_by_length")
     Trainer(model=model, args=args, train_dataset=enc(train, True),
@@ -677,7 +679,7 @@ def test_fewnerd_minilm_matches_plain_trainer_peft_reference(tmp_path):
     t0 = time.time()
     res = run_cli("train", "--model", minilm_path(), "--train-file", tmp_path / "train.conll", "--validation-file",
                   tmp_path / "val.conll", "--test-file", tmp_path / "test.conll", "--output-dir", tmp_path / "run",
-                  "--epochs", epochs, "--lr", lr, "--batch-size", bs, "--precision", "bf16", "--rank", 8,
+                  "--epochs", epochs, "--lr", lr, "--batch-size", bs, "--rank", 8,
                   "--alpha", 16, "--target-modules", "query,value", "--set", "training.save_strategy='no'",
                   "--labels", ",".join((FEW_NERD / "labels.txt").read_text().split()))  # 66 types + O
     assert res.code == 0, res.output
@@ -685,9 +687,12 @@ def test_fewnerd_minilm_matches_plain_trainer_peft_reference(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     labels = json.loads((tmp_path / "run" / "adapter" / "lorafit.json").read_text())["labels"]
     max_length = json.loads((tmp_path / "run" / "data_stats.json").read_text())["max_length"]
+    # the reference trains in the precision lorafit chose (bf16 autocast only where the CPU has bf16: emulated
+    # bf16 on a CPU without it is several times slower than fp32)
+    bf16 = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["precision"] == "bf16"
     t1 = time.time()
     ref = _reference(minilm_path(), labels, train, test, tmp_path / "ref", epochs=epochs, lr=lr, bs=bs,
-                     max_length=max_length)
+                     max_length=max_length, bf16=bf16)
     ref_s = time.time() - t1
     gold = [g for _, g in test]
     ours = [json.loads(x)["predicted"] for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
