@@ -14,8 +14,10 @@ Useful FLOPs count real (unpadded) tokens only:
     per sequence:   + 12 layers d L^2          attention scores and weighted sum: 4 L^2 d forward, 8 L^2 d backward
                     + 6 (d^2 + d C)            the trained head on the first token (forward + both gradients)
 
-Embeddings, LayerNorm, softmax, GELU, dropout and the optimizer are not counted (they are memory-bound, and small in
-FLOPs). "Executed" FLOPs apply the same formula to the padded batches (what the hardware actually multiplied).
+In the last layer only keys and values are computed for every token (lorafit.speedups.first_token_only): the other
+tokens' query, output projection, feed-forward, query adapter and attention rows are subtracted. Embeddings,
+LayerNorm, softmax, GELU, dropout and the optimizer are not counted (they are memory-bound, and small in FLOPs).
+"Executed" FLOPs apply the same formula to the padded batches (what the hardware actually multiplied).
 
     python benchmarks/hardware_limit.py               # ~3 minutes
     python benchmarks/hardware_limit.py --smoke       # tiny model (smoke test)
@@ -58,14 +60,21 @@ def matmul_peak(sizes: list[int], repeats: int) -> dict[str, Any]:
 
 def flops(cfg: dict[str, Any], w: dict[str, Any], rank: int = 8, adapters_per_layer: int = 2,
           labels: int = 4) -> dict[str, float]:
-    """Useful (real tokens) and executed (padded) training FLOPs of a measured window (see the module docstring)."""
+    """Useful (real tokens) and executed (padded) training FLOPs of a measured window (see the module docstring),
+    less what the last layer skips for every token but the first (lorafit.speedups.first_token_only)."""
     d, layers, dff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
     n = layers * (4 * d * d + 2 * d * dff)
     per_token = 4 * n + 6 * rank * (2 * d) * adapters_per_layer * layers
     head = 6 * (d * d + d * labels) * w["rows"]
-    useful = per_token * w["real_tokens"] + 12 * layers * d * w["real_sq"] + head
-    executed = per_token * w["padded_tokens"] + 12 * layers * d * w["padded_sq"] + head
-    return {"N": n, "per_token_linear": per_token, "useful": useful, "executed": executed}
+    skipped = 4 * (2 * d * d + 2 * d * dff) + 6 * rank * 2 * d  # query, output, feed-forward, query adapter
+    rows = w["rows"]
+
+    def count(tokens: int, squares: int) -> float:
+        full = per_token * tokens + 12 * layers * d * squares + head
+        return full - skipped * (tokens - rows) - 12 * d * (squares - tokens)  # last layer: one query a sequence
+
+    return {"N": n, "per_token_linear": per_token, "useful": count(w["real_tokens"], w["real_sq"]),
+            "executed": count(w["padded_tokens"], w["padded_sq"])}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:

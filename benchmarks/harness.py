@@ -199,8 +199,10 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
              speedups: bool = False, gradient_checkpointing: bool = False) -> Recorder:
     """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
     dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer.
-    ``speedups``: with lorafit's CPU training speed-ups (lorafit.speedups), as `lorafit train` applies them."""
-    from contextlib import nullcontext
+    ``speedups``: with lorafit's training speed-ups as `lorafit train` applies them: its Trainer (micro-batches
+    of at most lorafit's default token budget, the loss normalised over the step), the last layer for the first
+    token only, and on CPU the cheaper dropout masks (and bf16 frozen weights under bf16)."""
+    from contextlib import ExitStack
 
     import torch
     from datasets import Dataset
@@ -233,16 +235,24 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
                              gradient_checkpointing=gradient_checkpointing,
                              train_sampling_strategy="group_by_length" if group_by_length else "random")
     rec = Recorder()
-    trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                      data_collator=rec.wrap(DataCollatorWithPadding(tok)), callbacks=[rec.callback()])
-    context: Any = nullcontext()
+    kind: Any = Trainer
+    extra: dict[str, Any] = {}
     if speedups:
-        from lorafit import speedups as sp
+        from lorafit.trainer_utils import batch_loss, trainer_class
 
-        if bf16:
-            sp.frozen_linears_to_bf16(model)  # none under full fine-tuning: every weight trains
-        context = sp.training_speedups(model)
-    with context:
+        kind, extra = trainer_class(), {"compute_loss_func": batch_loss(None, 0.0)}
+    trainer = kind(model=model, args=args, train_dataset=ds, processing_class=tok,
+                   data_collator=rec.wrap(DataCollatorWithPadding(tok)), callbacks=[rec.callback()], **extra)
+    with ExitStack() as context:
+        if speedups:
+            from lorafit import speedups as sp
+            from lorafit.training import resolve_micro_batch_tokens
+
+            trainer.micro_batch_tokens = resolve_micro_batch_tokens(None)
+            if bf16:
+                sp.frozen_linears_to_bf16(model)  # none under full fine-tuning: every weight trains
+            context.enter_context(sp.training_speedups(model))
+            context.enter_context(sp.first_token_only(model))
         trainer.train()
     return rec
 

@@ -148,3 +148,64 @@ def test_fused_attention_core_matches_the_three_ops_it_replaces():
 
     for got, want in zip(run(True), run(False), strict=True):
         assert torch.allclose(got, want, atol=1e-10)
+
+
+def _lora_classifier(folder, attn: str, cls_name: str = "AutoModelForSequenceClassification"):
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = getattr(transformers, cls_name).from_pretrained(folder, num_labels=3, attn_implementation=attn)
+    task = "SEQ_CLS" if "Sequence" in cls_name else "TOKEN_CLS"
+    return get_peft_model(base, LoraConfig(r=4, target_modules=["query", "value"], task_type=task,
+                                           init_lora_weights=False))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("which", ["tiny_roberta", "tiny_bert"])
+def test_first_token_only_gives_the_same_logits_and_gradients(which, attn, request):
+    """The last layer run for the first token alone: same logits and LoRA/head gradients as the whole layer, on
+    a padded batch (RoBERTa's head and BERT's pooler both read token 0 only)."""
+    model = _lora_classifier(request.getfixturevalue(which), attn).eval()  # eval: no dropout, comparable
+    ids = torch.randint(5, 100, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+
+    def run():
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full, full_grads = run()
+    with speedups.first_token_only(model) as applied:
+        short, short_grads = run()
+        assert applied and "forward" in vars(_last(model))
+    assert "forward" not in vars(_last(model))  # undone
+    assert torch.allclose(full, short, atol=1e-6), (full - short).abs().max()
+    assert full_grads.keys() == short_grads.keys() and len(full_grads) > 4
+    for name, g in full_grads.items():  # float rounding only: relative to the gradient's own scale
+        assert (g - short_grads[name]).abs().max() <= 1e-5 * g.abs().max(), name
+    after, _ = run()
+    assert torch.equal(after, full)
+
+
+def _last(model):
+    return model.get_base_model().base_model.encoder.layer[-1]
+
+
+def test_first_token_only_trains_with_dropout_and_skips_token_classifiers(tiny_roberta):
+    """In training mode (dropout on, lorafit's attention) it runs and gives gradients; a token classifier, whose
+    head reads every token, and a disabled switch leave the model alone."""
+    model = _lora_classifier(tiny_roberta, "sdpa").train()
+    with speedups.training_speedups(model), speedups.first_token_only(model) as applied:
+        out = model(input_ids=torch.randint(5, 100, (4, 9)), labels=torch.tensor([0, 1, 2, 1]))
+        out.loss.backward()
+    assert applied and torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with speedups.first_token_only(model, enabled=False) as applied:
+        assert not applied
+    token = _lora_classifier(tiny_roberta, "sdpa", "AutoModelForTokenClassification")
+    with speedups.first_token_only(token) as applied:
+        assert not applied and "forward" not in vars(token.get_base_model().roberta.encoder.layer[-1])

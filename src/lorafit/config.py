@@ -106,6 +106,12 @@ class Config:
     precision: Precision = _f("auto", "auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32.")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks 16 random bits at a time (same p to 1/65536, "
                             "about 4x cheaper than torch's bernoulli masks); false: torch's own dropout.")
+    first_token_only: bool = _f(True, "BERT-family sequence classifiers: run the last layer for the first token only, "
+                                "the one token the head reads (same logits and gradients, ~7% fewer FLOPs); "
+                                "false: the whole last layer.")
+    micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
+                                        "parts, gradients summed before the one optimizer step (same update, less "
+                                        "memory). Default: 2048 on CPU, whole batches on GPU; 0: never split.")
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data sources and columns."})
@@ -149,6 +155,9 @@ class Config:
             )
         if self.data.max_length is not None and self.data.max_length < 8:
             raise LorafitError("E003", key="data.max_length", value=self.data.max_length, expected="at least 8")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 0:
+            raise LorafitError("E003", key="micro_batch_tokens", value=self.micro_batch_tokens,
+                               expected="a number of tokens >= 0 (0: never split a batch)")
         cw = self.data.class_weights
         if isinstance(cw, str) and cw != "auto":
             raise LorafitError("E003", key="data.class_weights", value=cw, expected="'auto' or a list of numbers")

@@ -139,10 +139,11 @@ def export_onnx(model: Any, predictor: Predictor, texts: list[Any], pairs: list[
 
     torchscript (default): torch's tracing exporter, with the model's eager attention; its graph lets ONNX Runtime
     fuse GELU and LayerNorm and quantises into a 1.3-1.5x faster int8 model on the benchmark CPU than the dynamo
-    exporter's (docs/benchmarks.md). dynamo: torch.export-based; needs onnxscript."""
+    exporter's (docs/benchmarks.md), and a BERT-family classifier's last layer is traced for the first token only
+    (lorafit.speedups.first_token_only). dynamo: torch.export-based; needs onnxscript."""
     from torch.export import Dim
 
-    from lorafit.speedups import attention_implementation
+    from lorafit.speedups import attention_implementation, first_token_only
 
     two = (lambda xs: (list(xs[:2]) * 2)[:2])  # noqa: E731 - a batch of 2, so the batch axis stays dynamic
     enc = _encode(predictor, two(texts), two(pairs) if pairs else None)
@@ -166,7 +167,7 @@ def export_onnx(model: Any, predictor: Predictor, texts: list[Any], pairs: list[
                 axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "logits"]}
                 if predictor.task != "ner":
                     axes["logits"] = {0: "batch"}
-                with attention_implementation(model, "eager"):
+                with attention_implementation(model, "eager"), first_token_only(model):
                     torch.onnx.export(wrapper, tuple(enc[n] for n in names), str(path), input_names=names,
                                       output_names=["logits"], opset_version=opset, dynamo=False,
                                       dynamic_axes=axes)

@@ -64,6 +64,9 @@ class Predictor:
         self.max_length: int = int(bundle["max_length"])
         self.task: str = bundle["task"]
         self.precision = inference_precision(precision)
+        # BERT-family classifiers run their last layer for the first token only (lorafit.speedups; same logits to
+        # float rounding); the merge proof turns this off to compare the plain forward passes
+        self.first_token_only = True
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -105,6 +108,8 @@ class Predictor:
     def _chunk_logits(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> np.ndarray:
         import torch
 
+        from lorafit.speedups import first_token_only
+
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         ids = enc["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
@@ -112,7 +117,7 @@ class Predictor:
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         device = next(self.model.parameters()).device
         autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, first_token_only(self.model, self.first_token_only):
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
                 feats = [{k: enc[k][i] for k in keys} for i in idx]

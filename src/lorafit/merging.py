@@ -31,7 +31,10 @@ def proof_inputs(run: Path, n: int) -> tuple[list[Any], Any]:
 
 
 def max_logit_delta(a: Predictor, b: Predictor, texts: list[Any], pairs: Any) -> float:
+    """Max |logit difference| of two predictors' plain forward passes (no lorafit shortcut) on the same inputs."""
     import numpy as np
+
+    a.first_token_only = b.first_token_only = False
 
     if a.task == "ner":  # token classification: every sub-token's logits on the pre-split sample sentences
         from lorafit.ner import token_logits

@@ -457,6 +457,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
     cfg.data.stride = stride
     cfg.data.tag_column = nd.tag_column
     cfg.precision = precision  # type: ignore[assignment]
+    cfg.micro_batch_tokens = training.resolve_micro_batch_tokens(cfg.micro_batch_tokens)
     cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)
@@ -506,7 +507,8 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
                             compute_metrics=_trainer_metrics(enc["validation"], val_order,
                                                              nd.splits["validation"].tags, labels, scheme))
     _sequential_eval(trainer)
-    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout)
+    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout,
+                                   first_token_only=cfg.first_token_only)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every sentence
         return training.Run(out, cfg, {}, params, time.time() - t0)
 

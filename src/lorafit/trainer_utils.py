@@ -60,7 +60,35 @@ def trainer_class() -> Any:
     from transformers import Trainer
 
     class LorafitTrainer(Trainer):
-        """The HF Trainer with an epoch-seeded training sampler (exact resume, see epoch_seeded_sampler)."""
+        """The HF Trainer with an epoch-seeded training sampler (exact resume, see epoch_seeded_sampler), a loss
+        normalised over the whole optimizer step (batch_loss), and micro-batches: a training batch of more than
+        ``micro_batch_tokens`` padded tokens runs forward and backward in parts of at most that many, their
+        gradients summed before the one optimizer step (the same update, less memory for activations)."""
+
+        micro_batch_tokens = 0
+
+        def _get_num_items_in_batch(self, batch_samples: list[Any], device: Any) -> Any:
+            """With class weights a step's loss is normalised by the sum of its labels' weights (training and
+            evaluation both ask here), as torch's weighted mean does for one batch."""
+            count = super()._get_num_items_in_batch(batch_samples, device)
+            weights = getattr(self.compute_loss_func, "weights", None)
+            if weights is None or count is None or not batch_samples:
+                return count
+            mass = sum(label_mass(b["labels"].view(-1), weights) for b in batch_samples).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                mass = self.accelerator.gather(mass).sum()
+            return mass
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            from contextlib import nullcontext
+
+            parts = split_batch(inputs, self.micro_batch_tokens) if num_items_in_batch is not None else [inputs]
+            loss = None
+            for k, part in enumerate(parts):  # gradients synchronise (DDP) once, after the last part
+                with self.accelerator.no_sync(model) if k < len(parts) - 1 else nullcontext():
+                    step = super().training_step(model, part, num_items_in_batch)
+                loss = step if loss is None else loss + step
+            return loss
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -160,19 +188,57 @@ def make_history_callback(out: Path) -> Any:
     return HistoryCallback()
 
 
-def weighted_loss(weights: list[float], smoothing: float) -> Any:
+def batch_loss(weights: list[float] | None, smoothing: float) -> Any:
+    """Cross-entropy over the labelled rows (classification) or sub-tokens (NER), summed and divided by the
+    Trainer's ``num_items_in_batch``: the number of labels (or, with class weights, the sum of their weights) in
+    the whole optimizer step. Gradient accumulation and lorafit's micro-batches then give exactly the loss of one
+    big batch. (transformers 5 treats a model whose forward takes ``**kwargs`` as normalising by that count itself;
+    BERT/RoBERTa heads do not, so their own mean loss came out multiplied by the accumulation steps.)"""
     import torch
 
-    w = torch.tensor(weights, dtype=torch.float32)
+    w = torch.tensor(weights, dtype=torch.float32) if weights else None
 
     def compute(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        return torch.nn.functional.cross_entropy(
-            logits.float().view(-1, logits.shape[-1]), labels.view(-1), weight=w.to(logits.device),
-            ignore_index=-100, label_smoothing=smoothing,
-        )
+        flat, gold = logits.float().view(-1, logits.shape[-1]), labels.view(-1)
+        weight = w.to(logits.device) if w is not None else None
+        total = torch.nn.functional.cross_entropy(flat, gold, weight=weight, ignore_index=-100,
+                                                  label_smoothing=smoothing, reduction="sum")
+        if num_items_in_batch is None:  # evaluation: this batch alone
+            num_items_in_batch = label_mass(gold, weight)
+        return total / num_items_in_batch
 
+    compute.weights = w  # type: ignore[attr-defined]
     return compute
+
+
+def label_mass(labels: Any, weights: Any = None) -> Any:
+    """How many labels are not ignored (-100), or the sum of their class weights."""
+    keep = labels[labels != -100]
+    return keep.numel() if weights is None else weights.to(keep.device)[keep].sum()
+
+
+def split_batch(inputs: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """Rows of a padded batch in consecutive parts of at most ``budget`` padded tokens each (whole batch when it
+    fits), each part cut to its own longest row when the batch is right-padded."""
+    ids = inputs["input_ids"]
+    rows, width = ids.shape
+    parts = min(rows, -(-rows * width // budget)) if budget > 0 else 1
+    if parts <= 1:
+        return [inputs]
+    mask = inputs.get("attention_mask")
+    right_padded = mask is not None and bool(mask[:, 0].all())
+    out = []
+    for k in range(parts):
+        lo, hi = k * rows // parts, (k + 1) * rows // parts
+        part = {key: v[lo:hi] if hasattr(v, "shape") and v.dim() and v.shape[0] == rows else v
+                for key, v in inputs.items()}
+        if right_padded:
+            w = int(part["attention_mask"].sum(dim=1).max())
+            part = {key: v[:, :w] if hasattr(v, "shape") and v.dim() == 2 and v.shape[1] == width else v
+                    for key, v in part.items()}
+        out.append(part)
+    return out
 
 
 def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds: Any,
@@ -186,7 +252,7 @@ def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds:
     callbacks = [make_history_callback(out), make_guard_callback(out, {"kind": "run", "task": cfg.task})]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -194,9 +260,11 @@ def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds:
         processing_class=tokenizer,
         data_collator=InputsOnlyCollator(inner),
         compute_metrics=compute_metrics or trainer_metrics,
-        compute_loss_func=weighted_loss(class_weights, args.label_smoothing_factor) if class_weights else None,
+        compute_loss_func=batch_loss(class_weights, args.label_smoothing_factor),
         callbacks=callbacks,
     )
+    trainer.micro_batch_tokens = int(cfg.micro_batch_tokens or 0)
+    return trainer
 
 
 def find_checkpoint(out: Path, resume: bool | str) -> str | None:
@@ -237,12 +305,13 @@ def check_checkpoint(out: Path, checkpoint: str, allow_pickle: bool) -> None:
 
 
 def run_training(trainer: Any, out: Path, resume: bool | str, allow_pickle: bool = False,
-                 fast_dropout: bool = True) -> str:
+                 fast_dropout: bool = True, first_token_only: bool = True) -> str:
     """Train (resuming from the newest complete checkpoint when asked); returns the precision to score in.
 
     On CPU the speed-ups in lorafit.speedups apply: cheaper dropout masks (unless fast_dropout is off) and, under
     bf16 autocast, frozen Linear weights stored in bf16 (bit-identical matmuls). Those weights stay bf16, so the
-    run is then scored in bf16 too."""
+    run is then scored in bf16 too. On every device, a BERT-family sequence classifier runs its last layer for
+    the first token only (unless first_token_only is off)."""
     from lorafit import speedups
 
     checkpoint = find_checkpoint(out, resume) if resume else None
@@ -251,7 +320,8 @@ def run_training(trainer: Any, out: Path, resume: bool | str, allow_pickle: bool
     cpu = trainer.args.device.type == "cpu"
     if cpu and trainer.args.bf16 and trainer.args.world_size == 1:
         speedups.frozen_linears_to_bf16(trainer.model)
-    with speedups.training_speedups(trainer.model, fast_dropout=fast_dropout and cpu):
+    with speedups.training_speedups(trainer.model, fast_dropout=fast_dropout and cpu), \
+            speedups.first_token_only(trainer.model, first_token_only):
         trainer.train(resume_from_checkpoint=checkpoint)
     guard = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "bad")), None)
     if guard is not None and guard.bad is not None:

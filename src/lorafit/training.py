@@ -86,6 +86,20 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
+CPU_MICRO_BATCH_TOKENS = 2048  # measured on the benchmark CPUs (docs/benchmarks.md)
+
+
+def resolve_micro_batch_tokens(requested: int | None) -> int:
+    """The token budget of one forward/backward part of a training batch (0: whole batches). On CPU, long batches
+    split into parts run faster (their activations stay in cache) and hold less memory; GPUs prefer whole
+    batches."""
+    import torch
+
+    if requested is not None:
+        return int(requested)
+    return 0 if torch.cuda.is_available() else CPU_MICRO_BATCH_TOKENS
+
+
 # ---- config resolution -------------------------------------------------------------------------------------
 def build_config(preset: str | None = None, file_cfg: dict[str, Any] | None = None,
                  overrides: dict[str, Any] | None = None) -> Config:
@@ -166,6 +180,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
     cfg.data.max_length = max_length
     cfg.data.text_columns = ds.text_columns
     cfg.precision = precision
+    cfg.micro_batch_tokens = resolve_micro_batch_tokens(cfg.micro_batch_tokens)
     cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)
@@ -219,7 +234,8 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
 
     trainer = build_trainer(model, targs, tokenizer, tokenized["train"], tokenized["validation"], class_weights,
                             cfg, out)
-    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout)
+    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout,
+                                   first_token_only=cfg.first_token_only)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every row
         return Run(out, cfg, {}, params, time.time() - t0)
 
