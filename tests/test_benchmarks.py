@@ -19,6 +19,7 @@ SCRIPTS = {
     "precision.py": (["--smoke"], "| bf16      |"),
     "lora_vs_full.py": (["--smoke"], "| full fine-tuning"),
     "inference.py": (["--smoke"], "| onnx_int8"),
+    "int8_limit.py": (["--smoke"], "| linear layer"),
     "hardware_limit.py": (["--smoke"], "| useful % of peak |"),
     "cost_growth.py": (["--smoke"], "| max_length |"),
     "eval_order.py": (["--smoke"], "| sorted"),

@@ -492,9 +492,8 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
         write_json(out / "data_stats.json", stats)
         write_json(out / "params.json", params)
         for split, s in stats["splits"].items():
-            if s["windowed_sentences"]:
-                warn("W501", count=s["windowed_sentences"], rows=s["rows"], split=split, max_length=max_length,
-                     stride=stride)
+            if n := s["windowed_sentences"]:
+                warn("W501", count=n, rows=s["rows"], split=split, max_length=max_length, stride=stride)
         if not quiet:
             _print_summary(cfg, stats, params, precision, precision_why)
 
@@ -507,8 +506,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
                             compute_metrics=_trainer_metrics(enc["validation"], val_order,
                                                              nd.splits["validation"].tags, labels, scheme))
     _sequential_eval(trainer)
-    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout,
-                                   first_token_only=cfg.first_token_only)
+    score_precision = run_training(trainer, out, resume, cfg, allow_pickle=allow_pickle)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every sentence
         return training.Run(out, cfg, {}, params, time.time() - t0)
 

@@ -304,14 +304,13 @@ def check_checkpoint(out: Path, checkpoint: str, allow_pickle: bool) -> None:
             raise LorafitError("E309", path=f)
 
 
-def run_training(trainer: Any, out: Path, resume: bool | str, allow_pickle: bool = False,
-                 fast_dropout: bool = True, first_token_only: bool = True) -> str:
+def run_training(trainer: Any, out: Path, resume: bool | str, cfg: Config, allow_pickle: bool = False) -> str:
     """Train (resuming from the newest complete checkpoint when asked); returns the precision to score in.
 
-    On CPU the speed-ups in lorafit.speedups apply: cheaper dropout masks (unless fast_dropout is off) and, under
-    bf16 autocast, frozen Linear weights stored in bf16 (bit-identical matmuls). Those weights stay bf16, so the
-    run is then scored in bf16 too. On every device, a BERT-family sequence classifier runs its last layer for
-    the first token only (unless first_token_only is off)."""
+    On CPU the speed-ups in lorafit.speedups apply: cheaper dropout masks (unless cfg.fast_dropout is off) and,
+    under bf16 autocast, frozen Linear weights stored in bf16 (bit-identical matmuls). Those weights stay bf16, so
+    the run is then scored in bf16 too. On every device, a BERT-family sequence classifier runs its last layer for
+    the first token only (unless cfg.first_token_only is off)."""
     from lorafit import speedups
 
     checkpoint = find_checkpoint(out, resume) if resume else None
@@ -320,8 +319,8 @@ def run_training(trainer: Any, out: Path, resume: bool | str, allow_pickle: bool
     cpu = trainer.args.device.type == "cpu"
     if cpu and trainer.args.bf16 and trainer.args.world_size == 1:
         speedups.frozen_linears_to_bf16(trainer.model)
-    with speedups.training_speedups(trainer.model, fast_dropout=fast_dropout and cpu), \
-            speedups.first_token_only(trainer.model, first_token_only):
+    with speedups.training_speedups(trainer.model, fast_dropout=cfg.fast_dropout and cpu), \
+            speedups.first_token_only(trainer.model, cfg.first_token_only):
         trainer.train(resume_from_checkpoint=checkpoint)
     guard = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "bad")), None)
     if guard is not None and guard.bad is not None:

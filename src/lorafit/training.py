@@ -234,8 +234,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
 
     trainer = build_trainer(model, targs, tokenizer, tokenized["train"], tokenized["validation"], class_weights,
                             cfg, out)
-    score_precision = run_training(trainer, out, resume, allow_pickle=allow_pickle, fast_dropout=cfg.fast_dropout,
-                                   first_token_only=cfg.first_token_only)
+    score_precision = run_training(trainer, out, resume, cfg, allow_pickle=allow_pickle)
     if not main:  # the other ranks are done: rank 0 saves and scores once, on every row
         return Run(out, cfg, {}, params, time.time() - t0)
 
