@@ -10,10 +10,13 @@
   baseline), with the same timing callback.
 - ``spawn``: each measured configuration runs in a fresh worker subprocess (same interpreter, same threads),
   optionally with its peak RSS sampled with psutil; the worker prints one ``BENCH_RESULT {json}`` line.
+- ``spawn_lockstep``: several workers at once that take turns, one training step each (a ``Baton``), so that a
+  machine whose speed drifts over minutes slows every configuration alike; waiting for a turn is not timed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -103,6 +106,13 @@ class Recorder:
         self.begin = self.end = 0.0
         self.eval_seconds = 0.0
         self.rss_at_begin = 0  # bytes: the process once model and data are loaded, before the first step
+        self.waited = 0.0  # seconds spent waiting for a turn (lockstep runs); the timestamps above exclude it
+        self.intervals: list[tuple[float, float]] = []  # wall-clock (start, end) of every step, for overlap checks
+        self._step_start = 0.0
+
+    def clock(self) -> float:
+        """perf_counter less the time spent waiting for a turn: the time this run itself used."""
+        return time.perf_counter() - self.waited
 
     def wrap(self, collator: Any) -> Any:
         def collate(features: list[dict[str, Any]]) -> Any:
@@ -126,16 +136,26 @@ class Recorder:
                 import psutil
 
                 rec.rss_at_begin = psutil.Process().memory_info().rss
-                rec.begin = time.perf_counter()
+                rec.begin = rec.clock()
+
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if BATON is not None:
+                    t0 = time.perf_counter()
+                    BATON.acquire()
+                    rec.waited += time.perf_counter() - t0
+                rec._step_start = time.time()
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                rec.step_end.append(time.perf_counter())
+                rec.step_end.append(rec.clock())
+                rec.intervals.append((rec._step_start, time.time()))
+                if BATON is not None and state.global_step < state.max_steps:
+                    BATON.release()  # after the last step the turn is kept until the worker is done (serve)
 
             def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
                 rec.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
 
             def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                rec.end = time.perf_counter()
+                rec.end = rec.clock()
 
         return Timing()
 
@@ -157,7 +177,8 @@ class Recorder:
     def summary(self) -> dict[str, Any]:
         return {"steps": len(self.step_end), "loop_seconds": self.end - self.begin, "eval_seconds": self.eval_seconds,
                 "rows": sum(b["rows"] for b in self.batches[: len(self.step_end)]),
-                "rss_mib_at_train_begin": self.rss_at_begin / 2**20}
+                "rss_mib_at_train_begin": self.rss_at_begin / 2**20, "waited_seconds": self.waited,
+                "intervals": self.intervals}
 
 
 def lorafit_train(args: list[str]) -> Recorder:
@@ -266,8 +287,16 @@ def bf16_supported() -> bool:
 # ---- worker subprocesses -----------------------------------------------------------------------------------
 def serve(worker: Any) -> None:
     """The worker side: ``SCRIPT --worker JSON`` runs ``worker(spec)`` and prints its result as one line."""
+    global BATON
     spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
-    result = worker(spec)
+    if "baton" in spec:  # lockstep: load, train and finish only in this worker's turns
+        BATON = Baton(Path(spec["baton"]), spec["baton_index"], spec["baton_size"])
+        BATON.acquire()
+    try:
+        result = worker(spec)
+    finally:
+        if BATON is not None:
+            BATON.finish()
     print(RESULT + json.dumps(result), flush=True)
 
 
@@ -329,6 +358,110 @@ def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: floa
         result["peak_rss_mib_sampled"] = peak / 2**20
         result["peak_rss_mib"] = max(peak, usage.ru_maxrss * 1024 if usage else 0) / 2**20
     return result
+
+
+class Baton:
+    """Turns between the workers of one lockstep group, in a small JSON file under an exclusive lock:
+    ``{"turn": i, "done": [...]}``. A worker holds the turn while it loads, for each training step, and from its
+    last step until it is done; passing skips the workers that are done."""
+
+    def __init__(self, path: Path, index: int, size: int) -> None:
+        self.path, self.index, self.size, self.holding = path, index, size, False
+
+    @staticmethod
+    def create(path: Path) -> None:
+        path.write_text(json.dumps({"turn": 0, "done": []}))
+
+    def _update(self, change: Any) -> bool:
+        with open(self.path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            state = json.loads(f.read())
+            result = change(state)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(state))
+        return result
+
+    def _pass(self, state: dict[str, Any]) -> None:
+        for k in range(1, self.size + 1):
+            j = (self.index + k) % self.size
+            if j not in state["done"]:
+                state["turn"] = j
+                return
+
+    def acquire(self) -> None:
+        while not self.holding:
+            self.holding = self._update(lambda st: st["turn"] == self.index)
+            if not self.holding:
+                time.sleep(0.002)
+
+    def release(self) -> None:
+        if self.holding:
+            self._update(self._pass)
+            self.holding = False
+
+    def finish(self) -> None:
+        def done(state: dict[str, Any]) -> None:
+            if self.index not in state["done"]:
+                state["done"].append(self.index)
+            if state["turn"] == self.index:
+                self._pass(state)
+
+        self._update(done)
+        self.holding = False
+
+
+BATON: Baton | None = None  # set in a lockstep worker (serve)
+
+
+def spawn_lockstep(worker: Any, specs: list[dict[str, Any]], *, timeout: float = 7200) -> list[dict[str, Any]]:
+    """Run ``worker(spec)`` for every spec at once, each in its own process, taking turns one training step at a
+    time (round-robin, in the order given; see ``Baton``). Their results, in that order."""
+    script = sys.modules[worker.__module__].__file__
+    env = {**os.environ, **OFFLINE}
+    with tempfile.TemporaryDirectory() as tmp:
+        baton = Path(tmp) / "baton.json"
+        Baton.create(baton)
+        logs = [tempfile.TemporaryFile() for _ in specs]
+        procs = []
+        for i, (spec, log) in enumerate(zip(specs, logs, strict=True)):
+            turn = {"baton": str(baton), "baton_index": i, "baton_size": len(specs)}
+            procs.append(subprocess.Popen([sys.executable, script, "--worker", json.dumps({**spec, **turn})],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env))
+        t0 = time.time()
+        running = set(range(len(procs)))
+        while running:
+            for i in list(running):
+                if procs[i].poll() is not None:
+                    running.discard(i)
+                    Baton(baton, i, len(specs)).finish()  # a worker that died must not keep the others waiting
+            if time.time() - t0 > timeout:
+                for i in running:
+                    procs[i].kill()
+            time.sleep(0.05)
+        results = []
+        for spec, proc, log in zip(specs, procs, logs, strict=True):
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+            log.close()
+            lines = [ln for ln in text.splitlines() if ln.startswith(RESULT)]
+            if proc.returncode != 0 or not lines:
+                raise SystemExit(f"benchmark worker failed ({spec.get('kind', spec)}), exit {proc.returncode}:\n"
+                                 f"{text[-4000:]}")
+            results.append({**json.loads(lines[-1][len(RESULT):]), "wall_seconds": time.time() - t0})
+    return results
+
+
+def overlaps(results: list[dict[str, Any]]) -> int:
+    """Steps of one lockstep worker that ran while a step of another one ran (0 when the turns held)."""
+    spans = sorted((a, b, i) for i, r in enumerate(results) for a, b in r.get("intervals", []))
+    count, last_end, last_who = 0, float("-inf"), -1
+    for a, b, i in spans:
+        if a < last_end - 1e-3 and i != last_who:
+            count += 1
+        if b > last_end:
+            last_end, last_who = b, i
+    return count
 
 
 # ---- printing and small statistics ------------------------------------------------------------------------

@@ -14,8 +14,12 @@ megabatches of 50 batches, as on the whole AG News training set). Timing: each r
 and times the next ones: 20 for the baseline (its batches all look alike), and 50 for lorafit, one full megabatch
 cycle (every position of the length-sorted order exactly once, so the window is an unbiased sample of the lengths,
 which a shorter window of sorted batches would not be). Each configuration runs in a fresh process.
+With --lockstep, the configurations of a round run at once and take turns one training step each (loading and
+finishing included; waiting for a turn is not timed), so that even a drift within minutes hits them alike; the
+script checks that no two steps overlapped.
 
     python benchmarks/train_throughput.py                 # the documented measurement (3 rounds, ~20-40 minutes)
+    python benchmarks/train_throughput.py --lockstep --rounds 1 --baseline-steps 50   # paired step by step
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (smoke test)
 """
 
@@ -68,6 +72,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: the machine's)")
     ap.add_argument("--ablation", action="store_true",
                     help="also run the defaults without this version's first-token last layer and micro-batches")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="run each round's configurations at once, taking turns one training step each")
     a = ap.parse_args()
     if a.smoke:
         h.INLINE = True
@@ -88,7 +94,7 @@ def main() -> None:
               f"{f'; {a.threads} torch thread(s) in every run' if a.threads else ''}\n", flush=True)
         rounds: list[dict[str, dict[str, Any]]] = []
         for k in range(a.rounds):  # interleaved, so that a slow spell of the machine hits every config alike
-            runs = {}
+            specs = {}
             for key, precision in configs.items():
                 spec = {**common, "kind": "baseline" if precision is None else "lorafit", "out": str(work / key)}
                 if precision is None:
@@ -97,10 +103,15 @@ def main() -> None:
                     spec["precision"] = precision
                 if key == "lorafit_plain":
                     spec["extra"] = PLAIN
-                runs[key] = h.spawn(worker, spec)
+                specs[key] = spec
+            if a.lockstep:
+                runs = dict(zip(specs, h.spawn_lockstep(worker, list(specs.values())), strict=True))
+            else:
+                runs = {key: h.spawn(worker, spec) for key, spec in specs.items()}
             rounds.append(runs)
+            overlap = f"; overlapping steps: {h.overlaps(list(runs.values()))}" if a.lockstep else ""
             print(f"round {k + 1}: " + ", ".join(f"{key} {r['window']['samples_per_s']:.2f}/s"
-                                                 for key, r in runs.items()), flush=True)
+                                                 for key, r in runs.items()) + overlap, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rounds, a)
