@@ -304,6 +304,14 @@ def is_worker() -> bool:
     return "--worker" in sys.argv
 
 
+def _result(spec: dict[str, Any], returncode: int | None, output: str, wall: float) -> dict[str, Any]:
+    """The worker's ``BENCH_RESULT`` line as a dict (with its wall time), or stop with the end of its output."""
+    lines = [ln for ln in output.splitlines() if ln.startswith(RESULT)]
+    if returncode != 0 or not lines:
+        raise SystemExit(f"benchmark worker failed ({spec.get('kind', spec)}), exit {returncode}:\n{output[-4000:]}")
+    return {**json.loads(lines[-1][len(RESULT):]), "wall_seconds": wall}
+
+
 def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: float = 3600) -> dict[str, Any]:
     """Run ``worker(spec)`` in a fresh process of its script; with ``rss``, sample the process's peak RSS every 20 ms
     (psutil) and take the kernel's own high-water mark (ru_maxrss) as well. In smoke mode (``INLINE``) a worker
@@ -348,12 +356,7 @@ def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: floa
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"benchmark worker failed ({spec.get('kind', spec)}), exit {proc.returncode}:\n"
-                         f"{(stdout + stderr)[-4000:]}")
-    result = json.loads(lines[-1][len(RESULT):])
-    result["wall_seconds"] = wall
+    result = _result(spec, proc.returncode, stdout + stderr, wall)
     if rss:
         result["peak_rss_mib_sampled"] = peak / 2**20
         result["peak_rss_mib"] = max(peak, usage.ru_maxrss * 1024 if usage else 0) / 2**20
@@ -429,26 +432,24 @@ def spawn_lockstep(worker: Any, specs: list[dict[str, Any]], *, timeout: float =
             procs.append(subprocess.Popen([sys.executable, script, "--worker", json.dumps({**spec, **turn})],
                                           stdout=log, stderr=subprocess.STDOUT, env=env))
         t0 = time.time()
+        wall = [0.0] * len(procs)
         running = set(range(len(procs)))
         while running:
             for i in list(running):
                 if procs[i].poll() is not None:
                     running.discard(i)
+                    wall[i] = time.time() - t0
                     Baton(baton, i, len(specs)).finish()  # a worker that died must not keep the others waiting
             if time.time() - t0 > timeout:
                 for i in running:
                     procs[i].kill()
             time.sleep(0.05)
         results = []
-        for spec, proc, log in zip(specs, procs, logs, strict=True):
+        for spec, proc, log, seconds in zip(specs, procs, logs, wall, strict=True):
             log.seek(0)
             text = log.read().decode(errors="replace")
             log.close()
-            lines = [ln for ln in text.splitlines() if ln.startswith(RESULT)]
-            if proc.returncode != 0 or not lines:
-                raise SystemExit(f"benchmark worker failed ({spec.get('kind', spec)}), exit {proc.returncode}:\n"
-                                 f"{text[-4000:]}")
-            results.append({**json.loads(lines[-1][len(RESULT):]), "wall_seconds": time.time() - t0})
+            results.append(_result(spec, proc.returncode, text, seconds))
     return results
 
 

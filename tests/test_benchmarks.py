@@ -15,7 +15,7 @@ BENCH = ROOT / "benchmarks"
 
 # script -> (arguments, a piece of the table it must print)
 SCRIPTS = {
-    "train_throughput.py": (["--smoke", "--lockstep"], "overlapping steps: 0\n"),  # and its table
+    "train_throughput.py": (["--smoke", "--lockstep"], "| baseline: HF Trainer + PEFT"),
     "precision.py": (["--smoke"], "| bf16      |"),
     "lora_vs_full.py": (["--smoke"], "| full fine-tuning"),
     "inference.py": (["--smoke"], "| onnx_int8"),
@@ -42,3 +42,5 @@ def test_benchmark_smoke(script, tmp_path):
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert expected in proc.stdout, proc.stdout[-3000:]
+    if script == "train_throughput.py":  # --lockstep: the turns held
+        assert "overlapping steps: 0\n" in proc.stdout, proc.stdout[-3000:]
