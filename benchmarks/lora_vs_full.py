@@ -9,7 +9,8 @@ high-water mark (ru_maxrss) taken when it exits; the RSS when training starts (m
 peak into what was there before the first step and what training added (activations, gradients, optimizer
 state). Both see the same batches in the same order. lorafit's default batch (32), the seeds' batch (16) and a
 small batch (8) where activations weigh less; at batch 32 also LoRA with gradient checkpointing (an option, not
-a default: it recomputes each layer's forward pass in backward).
+a default: it recomputes each layer's forward pass in backward). ``--without-release`` adds, at the first batch,
+LoRA and full fine-tuning with lorafit's per-layer memory release (glibc malloc_trim) switched off: its effect.
 
     python benchmarks/lora_vs_full.py                # batches 32, 16, 8; 2 + 10 steps per run (~5 minutes)
     python benchmarks/lora_vs_full.py --smoke        # tiny model (smoke test)
@@ -28,6 +29,7 @@ import harness as h  # noqa: E402
 
 GOAL = 0.65
 CHECKPOINTED = "LoRA + gradient checkpointing"
+LORA, FULL, UNRELEASED = "LoRA r8 query,value", "full fine-tuning", ", no memory release"
 BATCH = 32
 
 
@@ -37,7 +39,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     steps, warm = spec["steps"], spec["warmup"]
     rec = h.hf_train(Path(spec["model"]), Path(spec["train"]), Path(spec["out"]), steps=warm + steps,
                      batch=spec["batch"], pad_to=None, group_by_length=True, bf16=spec["bf16"], lora=spec["lora"],
-                     speedups=True, gradient_checkpointing=spec.get("checkpointing", False))
+                     speedups=True, gradient_checkpointing=spec.get("checkpointing", False),
+                     release_memory=spec.get("release", True))
     return {"window": rec.window(warm + 1, warm + steps), **rec.summary(), "threads": torch.get_num_threads()}
 
 
@@ -47,6 +50,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[BATCH, 16, 8], help="batch sizes (the first: the goal)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-checkpointing", action="store_true", help="skip the LoRA + gradient checkpointing runs")
+    ap.add_argument("--without-release", action="store_true",
+                    help="also run LoRA and full fine-tuning without the per-layer memory release, at the first batch")
     ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds; for the smoke test)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -62,26 +67,27 @@ def main() -> None:
               f"{(a.steps + a.warmup) * max(a.batches)} real AG News rows; {'bf16' if bf16 else 'fp32'}; "
               f"{a.warmup} warm-up + {a.steps} timed steps\n", flush=True)
         runs: dict[int, dict[str, Any]] = {}
-        configs = [("LoRA r8 query,value", True, False), ("full fine-tuning", False, False)]
-        if not a.no_checkpointing:
-            configs.insert(1, (CHECKPOINTED, True, True))
+        pair = [(LORA, True, False, True), (FULL, False, False, True)]
+        first = pair[:1] + ([] if a.no_checkpointing else [(CHECKPOINTED, True, True, True)]) + pair[1:] + \
+            ([(LORA + UNRELEASED, True, False, False), (FULL + UNRELEASED, False, False, False)]
+             if a.without_release else [])
         for batch in a.batches:
-            for name, lora, ckpt in configs if batch == a.batches[0] else configs[::len(configs) - 1]:
+            for name, lora, ckpt, release in first if batch == a.batches[0] else pair:
                 runs.setdefault(batch, {})[name] = h.spawn(worker, {
                     "model": str(model), "train": str(files["train"]), "bf16": bf16, "lora": lora, "batch": batch,
-                    "steps": a.steps, "warmup": a.warmup, "checkpointing": ckpt,
-                    "out": str(work / f"{'lora' if lora else 'full'}{int(ckpt)}-{batch}")}, rss=True)
+                    "steps": a.steps, "warmup": a.warmup, "checkpointing": ckpt, "release": release,
+                    "out": str(work / f"{'lora' if lora else 'full'}{int(ckpt)}{int(release)}-{batch}")}, rss=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows, ratios = [], {}
     for batch, pair in runs.items():
-        full = pair["full fine-tuning"]
+        full = pair[FULL]
         for name, r in pair.items():
             start = r["rss_mib_at_train_begin"]
             rows.append([name, batch, r["window"]["samples_per_s"], r["peak_rss_mib"], start, r["peak_rss_mib"] - start,
                          f"{r['window']['samples_per_s'] / full['window']['samples_per_s']:.2f}x",
                          f"{r['peak_rss_mib'] / full['peak_rss_mib']:.2f}x"])
-        ratios[batch] = pair["LoRA r8 query,value"]["peak_rss_mib"] / full["peak_rss_mib"]
+        ratios[batch] = pair[LORA]["peak_rss_mib"] / full["peak_rss_mib"]
     print(h.table(["training", "batch", "samples/s", "peak RSS MiB", "RSS at first step MiB", "added by training MiB",
                    "speed vs full", "peak RSS vs full"], rows))
     first = a.batches[0]
@@ -91,11 +97,21 @@ def main() -> None:
         print(f"at batch {batch}: {ratios[batch]:.2f}x, {h.verdict(ratios[batch] <= GOAL)}")
     ck = runs[first].get(CHECKPOINTED)
     if ck:
-        full = runs[first]["full fine-tuning"]
+        full = runs[first][FULL]
         ratios["checkpointed"] = ck["peak_rss_mib"] / full["peak_rss_mib"]
         print(f"{CHECKPOINTED} (an option: --set training.gradient_checkpointing=true) at batch {first}: "
               f"{ratios['checkpointed']:.2f}x the peak RSS at "
               f"{ck['window']['samples_per_s'] / full['window']['samples_per_s']:.2f}x the speed of full fine-tuning")
+    off = runs[first].get(LORA + UNRELEASED), runs[first].get(FULL + UNRELEASED)
+    if all(off):
+        ratios["without_release"] = off[0]["peak_rss_mib"] / off[1]["peak_rss_mib"]
+        on = runs[first][LORA], runs[first][FULL]
+        print(f"without the per-layer memory release (--set release_memory=false) at batch {first}: "
+              f"{ratios['without_release']:.2f}x; the release lowers LoRA's peak "
+              f"{on[0]['peak_rss_mib'] / off[0]['peak_rss_mib']:.2f}x and full fine-tuning's "
+              f"{on[1]['peak_rss_mib'] / off[1]['peak_rss_mib']:.2f}x, at "
+              f"{on[0]['window']['samples_per_s'] / off[0]['window']['samples_per_s']:.2f}x / "
+              f"{on[1]['window']['samples_per_s'] / off[1]['window']['samples_per_s']:.2f}x their speed")
     h.save_json(a.json, {"runs": runs, "rss_ratio": ratios})
 
 

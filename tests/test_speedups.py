@@ -209,3 +209,60 @@ def test_first_token_only_trains_with_dropout_and_skips_token_classifiers(tiny_r
     token = _lora_classifier(tiny_roberta, "sdpa", "AutoModelForTokenClassification")
     with speedups.first_token_only(token) as applied:
         assert not applied and "forward" not in vars(token.get_base_model().roberta.encoder.layer[-1])
+
+
+@pytest.mark.parametrize("which,cls_name", [("tiny_roberta", "AutoModelForSequenceClassification"),
+                                            ("tiny_bert", "AutoModelForSequenceClassification"),
+                                            ("tiny_roberta", "AutoModelForTokenClassification")])
+def test_release_memory_trims_at_every_layer_and_leaves_numerics_alone(which, cls_name, request, monkeypatch):
+    """Freed memory goes back to the OS at each encoder layer, once in forward and once in backward (for batches
+    big enough); the loss and every gradient are bit-identical to a run without it (dropout on, same seed), and the
+    hooks go on exit."""
+    model = _lora_classifier(request.getfixturevalue(which), "sdpa", cls_name).train()
+    layers = speedups.encoder_layers(model)
+    assert len(layers) >= 2
+    calls: list[int] = []
+    monkeypatch.setattr(speedups, "_malloc_trim", lambda: calls.append)
+    with speedups.release_memory(model) as hooked:  # a tiny batch: below the size worth a trim
+        model(input_ids=torch.randint(5, 100, (4, 9))).logits.sum().backward()
+    assert hooked == len(layers) and calls == []
+    monkeypatch.setattr(speedups, "TRIM_MIN_ELEMENTS", 0)
+    ids = torch.randint(5, 100, (4, 9))
+    labels = torch.tensor([0, 1, 2, 1]) if "Sequence" in cls_name else torch.randint(0, 3, (4, 9))
+
+    def step():
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = model(input_ids=ids, labels=labels).loss
+        forward_calls = len(calls)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, \
+            forward_calls
+
+    with speedups.training_speedups(model):
+        plain_loss, plain_grads, _ = step()
+        assert calls == []
+        with speedups.release_memory(model) as hooked:
+            loss, grads, forward_calls = step()
+        assert hooked == len(layers)
+        assert forward_calls == len(layers) and len(calls) == 2 * len(layers)  # every layer's output needs grad
+        assert torch.equal(loss, plain_loss)
+        assert grads.keys() == plain_grads.keys()
+        assert all(torch.equal(grads[n], plain_grads[n]) for n in grads)
+        calls.clear()
+        step()
+        assert calls == []  # hooks removed
+        with speedups.release_memory(model, enabled=False) as hooked:
+            step()
+        assert hooked == 0 and calls == []
+
+
+def test_release_memory_uses_glibc_malloc_trim_where_there_is_one():
+    """On this Linux/glibc machine the real malloc_trim is found and callable (0 or 1)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    speedups._malloc_trim.cache_clear()
+    trim = speedups._malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)

@@ -24,10 +24,13 @@ every token. Exact: same logits and gradients up to float rounding (tested).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -198,6 +201,67 @@ def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterato
             _register_attention()
             attention_configs = undo.enter_context(attention_implementation(model, ATTENTION_NAME, replacing="sdpa"))
         yield {"dropout_modules": swapped, "attention_configs": attention_configs}
+
+
+# ---- returning freed memory to the OS between layers (glibc) ---------------------------------------------
+TRIM_MIN_ELEMENTS = 1 << 20  # a layer output smaller than this (4 MiB in fp32): not worth a trim's heap walk
+
+
+@cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` or None (other C libraries, other systems)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder's layer modules of a BERT-family model (unwrapping PEFT); empty when there is none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, "base_model", base)
+    for holder in ("encoder", "transformer"):
+        layers = getattr(getattr(body, holder, None), "layer", None)
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return list(layers)
+    return []
+
+
+@contextmanager
+def release_memory(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Return freed heap memory to the OS after each encoder layer, forward and backward (glibc ``malloc_trim``).
+
+    A step's transient tensors (matmul outputs, GELU and softmax temporaries) are freed within the forward pass,
+    but glibc keeps most of the freed heap pages, so resident memory grows by about as much again as the tensors
+    saved for backward hold (measured: +1.75 GiB peak for 0.97 GiB live after one LoRA forward pass of roberta-base,
+    2,048 tokens). Trimming at each layer boundary keeps the peak near what is live. Batches whose layer output has
+    fewer than ``TRIM_MIN_ELEMENTS`` elements are left alone (small models: the heap walk would cost more than the
+    memory is worth). Numerics are untouched; yields how many layers are hooked (0 where the C library has no
+    ``malloc_trim``), removed on exit."""
+    trim = _malloc_trim() if enabled else None
+    layers = encoder_layers(model) if trim is not None else []
+
+    def in_backward(grad: torch.Tensor) -> None:
+        trim(0)  # returns None: the gradient passes unchanged
+
+    def after_forward(module: nn.Module, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        if not isinstance(out, torch.Tensor) or out.numel() < TRIM_MIN_ELEMENTS:
+            return
+        trim(0)
+        if out.requires_grad:
+            out.register_hook(in_backward)
+
+    handles = [layer.register_forward_hook(after_forward) for layer in layers]
+    try:
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ---- first token only in the last layer (sequence classification) -----------------------------------------

@@ -310,7 +310,8 @@ def run_training(trainer: Any, out: Path, resume: bool | str, cfg: Config, allow
     On CPU the speed-ups in lorafit.speedups apply: cheaper dropout masks (unless cfg.fast_dropout is off) and,
     under bf16 autocast, frozen Linear weights stored in bf16 (bit-identical matmuls). Those weights stay bf16, so
     the run is then scored in bf16 too. On every device, a BERT-family sequence classifier runs its last layer for
-    the first token only (unless cfg.first_token_only is off)."""
+    the first token only (unless cfg.first_token_only is off). On CPU freed memory goes back to the OS after each
+    encoder layer (unless cfg.release_memory is off)."""
     from lorafit import speedups
 
     checkpoint = find_checkpoint(out, resume) if resume else None
@@ -320,7 +321,8 @@ def run_training(trainer: Any, out: Path, resume: bool | str, cfg: Config, allow
     if cpu and trainer.args.bf16 and trainer.args.world_size == 1:
         speedups.frozen_linears_to_bf16(trainer.model)
     with speedups.training_speedups(trainer.model, fast_dropout=cfg.fast_dropout and cpu), \
-            speedups.first_token_only(trainer.model, cfg.first_token_only):
+            speedups.first_token_only(trainer.model, cfg.first_token_only), \
+            speedups.release_memory(trainer.model, cfg.release_memory and cpu):
         trainer.train(resume_from_checkpoint=checkpoint)
     guard = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "bad")), None)
     if guard is not None and guard.bad is not None:
