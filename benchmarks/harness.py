@@ -217,13 +217,14 @@ def lorafit_args(model: Path, files: dict[str, Path], out: Path, *extra: Any, th
 
 def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch: int = 16, pad_to: int | None = 128,
              group_by_length: bool = False, bf16: bool = False, lora: bool = True, lr: float = 5e-4,
-             speedups: bool = False, gradient_checkpointing: bool = False, release_memory: bool = True) -> Recorder:
+             speedups: bool = False, gradient_checkpointing: bool = False,
+             release_memory: bool | None = None) -> Recorder:
     """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
     dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer.
     ``speedups``: with lorafit's training speed-ups as `lorafit train` applies them: its Trainer (micro-batches
     of at most lorafit's default token budget, the loss normalised over the step), the last layer for the first
     token only, and on CPU the cheaper dropout masks (and bf16 frozen weights under bf16) and the per-layer memory
-    release (unless ``release_memory`` is off)."""
+    release (``release_memory``; None: lorafit's default for the precision, on in fp32 and off in bf16)."""
     from contextlib import ExitStack
 
     import torch
@@ -275,7 +276,10 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
                 sp.frozen_linears_to_bf16(model)  # none under full fine-tuning: every weight trains
             context.enter_context(sp.training_speedups(model))
             context.enter_context(sp.first_token_only(model))
-            context.enter_context(sp.release_memory(model, release_memory))
+            from lorafit.training import resolve_release_memory
+
+            release = resolve_release_memory(release_memory, "bf16" if bf16 else "fp32")
+            context.enter_context(sp.release_memory(model, release))
         trainer.train()
     return rec
 
@@ -398,7 +402,7 @@ class Baton:
         while not self.holding:
             self.holding = self._update(lambda st: st["turn"] == self.index)
             if not self.holding:
-                time.sleep(0.002)
+                time.sleep(0.01)  # a waiting worker polls rarely: the running one has the CPU
 
     def release(self) -> None:
         if self.holding:

@@ -24,6 +24,7 @@ def test_drop_mask_rate_and_independence():
     assert not speedups.drop_mask((1000,), 0.0).any()
 
 
+
 def test_dropout_forward_backward_and_eval():
     torch.manual_seed(1)
     x = torch.randn(64, 300, requires_grad=True)
@@ -33,6 +34,12 @@ def test_dropout_forward_backward_and_eval():
     assert 0.15 < 1 - kept.float().mean().item() < 0.25
     y.sum().backward()
     assert torch.allclose(x.grad, kept.float() / 0.8)
+    # the keep mask's bytes as a factor give exactly what masked_fill gives, in every float dtype
+    keep = speedups.keep_mask((64, 300), 0.3)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        z = torch.randn(64, 300).to(dtype)
+        want = z.mul(1 / 0.7).masked_fill_(~keep, 0)
+        assert torch.equal(speedups._apply(z, keep, 1 / 0.7), want)
     layer = speedups.FastDropout(0.2).eval()
     assert torch.equal(layer(x), x)
     # the stream follows torch's generator: same seed, same mask (what exact resume relies on)
@@ -104,6 +111,8 @@ def test_bf16_frozen_linears_are_bit_identical_under_autocast(tiny_roberta):
 
 def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cli):
     """A bf16 CPU run (fast dropout + bf16 frozen weights) trains, learns, and is scored in bf16."""
+    import yaml
+
     from lorafit.artifacts import read_json
     from lorafit.inference import cpu_has_bf16
 
@@ -115,6 +124,7 @@ def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cl
     assert res.code == 0, res.output
     metrics = read_json(out / "metrics.json")
     assert metrics["scored_in"] == "bf16"
+    assert yaml.safe_load((out / "config.yaml").read_text())["release_memory"] is False  # bf16 default
     assert metrics["test"]["accuracy"] >= 0.8
     for precision in ("auto", "fp32"):  # auto: bf16 on this CPU, like training
         ev = cli("evaluate", out, "--data", cls_data["test"], "--precision", precision, "--output", tmp_path / "m.json")
@@ -255,6 +265,25 @@ def test_release_memory_trims_at_every_layer_and_leaves_numerics_alone(which, cl
         with speedups.release_memory(model, enabled=False) as hooked:
             step()
         assert hooked == 0 and calls == []
+
+
+def test_release_memory_default_follows_the_precision(tmp_path, tiny_roberta, cls_data, cli):
+    """On by default in fp32 (activations twice the size), off under bf16 autocast (docs/benchmarks.md: there it
+    costs about a fifth of the speed and LoRA's peak is within the goal without it); --set decides otherwise. The
+    run folder's config records the resolved choice."""
+    import yaml
+
+    from lorafit.training import resolve_release_memory
+
+    assert resolve_release_memory(None, "fp32") and not resolve_release_memory(None, "bf16")
+    assert not resolve_release_memory(None, "fp16")
+    assert resolve_release_memory(True, "bf16") and not resolve_release_memory(False, "fp32")
+    for name, extra, want in [("auto", [], True), ("off", ["--set", "release_memory=false"], False)]:
+        out = tmp_path / name
+        res = cli("train", "--model", tiny_roberta, "--train-file", cls_data["train"], "--output-dir", out,
+                  "--max-steps", "2", "--precision", "fp32", *extra)
+        assert res.code == 0, res.output
+        assert yaml.safe_load((out / "config.yaml").read_text())["release_memory"] is want
 
 
 def test_release_memory_uses_glibc_malloc_trim_where_there_is_one():

@@ -109,9 +109,10 @@ class Config:
     first_token_only: bool = _f(True, "BERT-family sequence classifiers: run the last layer for the first token only, "
                                 "the one token the head reads (same logits and gradients, ~7% fewer FLOPs); "
                                 "false: the whole last layer.")
-    release_memory: bool = _f(True, "CPU training: hand freed memory back to the OS after each encoder layer, "
-                              "forward and backward (glibc malloc_trim; ~25% lower peak RSS, same numerics); "
-                              "false: leave it to the allocator.")
+    release_memory: bool | None = _f(None, "CPU training: hand freed memory back to the OS after each encoder layer, "
+                                     "forward and backward (glibc malloc_trim; same numerics, 20-33% lower peak RSS, "
+                                     "up to ~20% slower where page faults are dear). Default: on in fp32, off under "
+                                     "bf16 autocast (activations half the size); true / false: always / never.")
     micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
                                         "parts, gradients summed before the one optimizer step (same update, less "
                                         "memory). Default: 2048 on CPU, whole batches on GPU; 0: never split.")

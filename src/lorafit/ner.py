@@ -457,7 +457,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
     cfg.data.stride = stride
     cfg.data.tag_column = nd.tag_column
     cfg.precision = precision  # type: ignore[assignment]
-    cfg.micro_batch_tokens = training.resolve_micro_batch_tokens(cfg.micro_batch_tokens)
+    training.resolve_speedups(cfg, precision)
     cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)

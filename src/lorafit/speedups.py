@@ -42,25 +42,38 @@ _LEVELS = 65536  # a mask element is 16 random bits
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """Boolean tensor, True with probability round(p * 65536) / 65536 (the elements to drop)."""
+    return ~keep_mask(shape, p)
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+    """Boolean tensor, False with probability round(p * 65536) / 65536 (True: the elements to keep)."""
     n = math.prod(shape)
     words = (n + 3) // 4
     bits = torch.empty(words, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     threshold = round(p * _LEVELS) - _LEVELS // 2
-    return (bits.view(torch.int16)[:n] < threshold).view(shape)
+    return (bits.view(torch.int16)[:n] >= threshold).view(shape)
+
+
+def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * scale`` with the dropped elements zeroed. Multiplying by the keep mask's 0/1 bytes is a vectorised
+    pass (0.15 ms for 1.3M fp32 elements on the benchmark CPU, against 0.9 ms for ``masked_fill_`` with the boolean
+    mask), and multiplying by 1 or 0 is exact: the same values as ``masked_fill`` (up to the sign of zero; inf * 0
+    gives NaN, as in torch's own dropout)."""
+    return x.mul(scale).mul_(keep.view(torch.uint8))
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
-        drop = drop_mask(x.shape, p)
-        ctx.save_for_backward(drop)
+        keep = keep_mask(x.shape, p)
+        ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
-        return x.mul(ctx.scale).masked_fill_(drop, 0)
+        return _apply(x, keep, ctx.scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (drop,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).masked_fill_(drop, 0), None
+        (keep,) = ctx.saved_tensors
+        return _apply(grad, keep, ctx.scale), None
 
 
 class _AttentionCore(torch.autograd.Function):
@@ -71,17 +84,16 @@ class _AttentionCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, scores: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
         probs = torch.softmax(scores, dim=-1)
-        drop = drop_mask(probs.shape, p)
+        keep = keep_mask(probs.shape, p)
         ctx.scale = 1.0 / (1.0 - p)
-        ctx.save_for_backward(probs, drop, v)
-        return torch.matmul(probs.mul(ctx.scale).masked_fill_(drop, 0), v)
+        ctx.save_for_backward(probs, keep, v)
+        return torch.matmul(_apply(probs, keep, ctx.scale), v)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
-        probs, drop, v = ctx.saved_tensors
-        dropped = probs.mul(ctx.scale).masked_fill_(drop, 0)
-        grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
-        grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(ctx.scale).masked_fill_(drop, 0)
+        probs, keep, v = ctx.saved_tensors
+        grad_v = torch.matmul(_apply(probs, keep, ctx.scale).transpose(-1, -2), grad)
+        grad_probs = _apply(torch.matmul(grad, v.transpose(-1, -2)), keep, ctx.scale)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
         return grad_scores, grad_v, None
 
