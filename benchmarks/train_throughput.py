@@ -38,6 +38,7 @@ MEGABATCH = 50  # the length grouper sorts megabatches of 50 batches once the da
 PINNED = 2.7  # samples/s the baseline must reproduce on the reference machine (issue 6), within 25%
 LORAFIT_BATCH = 32  # lorafit's default per_device_train_batch_size (presets.DEFAULT_TRAINING)
 PLAIN = ["--set", "first_token_only=false", "--set", "micro_batch_tokens=0"]  # --ablation: without those two
+KEEP = ["--set", "release_memory=false"]  # --fp32-without-release: fp32 without the per-layer memory release
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -74,14 +75,18 @@ def main() -> None:
                     help="also run the defaults without this version's first-token last layer and micro-batches")
     ap.add_argument("--lockstep", action="store_true",
                     help="run each round's configurations at once, taking turns one training step each")
+    ap.add_argument("--fp32-without-release", action="store_true",
+                    help="also run lorafit in fp32 with the per-layer memory release off (on by default in fp32)")
     a = ap.parse_args()
     if a.smoke:
         h.INLINE = True
         a.steps, a.baseline_steps, a.warmup, a.rows, a.rounds, a.ablation = 3, 3, 1, 96, 1, True
+        a.fp32_without_release = True
     h.header("Training throughput: lorafit defaults vs the pinned HF Trainer + PEFT baseline", a.smoke)
     # where the defaults already train in fp32 (no bf16), a separate --precision fp32 run would repeat them
     configs = {"baseline": None, "lorafit": "auto", **({"lorafit_fp32": "fp32"} if h.bf16_supported() else {}),
-               **({"lorafit_plain": "auto"} if a.ablation else {})}
+               **({"lorafit_plain": "auto"} if a.ablation else {}),
+               **({"lorafit_fp32_keep": "fp32"} if a.fp32_without_release else {})}
     work = h.workdir("throughput")
     try:
         model = h.roberta_folder(work / "model", smoke=a.smoke)
@@ -101,8 +106,8 @@ def main() -> None:
                     spec["steps"] = a.baseline_steps
                 else:
                     spec["precision"] = precision
-                if key == "lorafit_plain":
-                    spec["extra"] = PLAIN
+                if key in ("lorafit_plain", "lorafit_fp32_keep"):
+                    spec["extra"] = PLAIN if key == "lorafit_plain" else KEEP
                 specs[key] = spec
             if a.lockstep:
                 runs = dict(zip(specs, h.spawn_lockstep(worker, list(specs.values())), strict=True))
@@ -128,7 +133,8 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
     base = runs["baseline"]["window"]["samples_per_s"]
     names = {"baseline": "baseline: HF Trainer + PEFT, pad 128, random batches",
              "lorafit": "lorafit train (defaults)", "lorafit_fp32": "lorafit train --precision fp32",
-             "lorafit_plain": "defaults, whole last layer, no micro-batches"}
+             "lorafit_plain": "defaults, whole last layer, no micro-batches",
+             "lorafit_fp32_keep": "lorafit train --precision fp32, memory release off"}
     rows = []
     for key, r in runs.items():
         w = r["window"]
@@ -155,6 +161,10 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
     note = "" if bf16 else " (this CPU has no bf16: the defaults train in fp32)"
     print(f"goal lorafit fp32 >= 3x the baseline: median {median[fp32]:.2f}x (rounds {spread[fp32]}), "
           f"{h.verdict(median[fp32] >= 3)}{note}")
+    if "lorafit_fp32_keep" in ratios:
+        k = "lorafit_fp32_keep"
+        print(f"lorafit fp32 with the memory release off (--set release_memory=false): median {median[k]:.2f}x the "
+              f"baseline (rounds {spread[k]})")
     if "lorafit_plain" in ratios:
         gain = [x / y for x, y in zip(ratios["lorafit"], ratios["lorafit_plain"], strict=True)]
         print(f"first-token last layer + micro-batches: median {statistics.median(gain):.2f}x the defaults without "

@@ -44,3 +44,6 @@ def test_benchmark_smoke(script, tmp_path):
     assert expected in proc.stdout, proc.stdout[-3000:]
     if script == "train_throughput.py":  # --lockstep: the turns held
         assert "overlapping steps: 0\n" in proc.stdout, proc.stdout[-3000:]
+        # smoke turns on --fp32-without-release: its row and its ratio line
+        assert "| lorafit train --precision fp32, memory release off" in proc.stdout, proc.stdout[-3000:]
+        assert "lorafit fp32 with the memory release off (--set release_memory=false): median" in proc.stdout
