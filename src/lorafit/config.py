@@ -109,9 +109,9 @@ class Config:
     first_token_only: bool = _f(True, "BERT-family sequence classifiers: run the last layer for the first token only, "
                                 "the one token the head reads (same logits and gradients, ~7% fewer FLOPs); "
                                 "false: the whole last layer.")
-    release_memory: bool | None = _f(None, "CPU training: hand freed memory back to the OS after each encoder layer, "
-                                     "forward and backward (glibc malloc_trim; same numerics, 20-33% lower peak RSS, "
-                                     "up to ~20% slower where page faults are dear). Default: on in fp32, off under "
+    release_memory: bool | None = _f(None, "CPU training: hand freed memory back to the OS after every third encoder "
+                                     "layer, forward and backward (glibc malloc_trim; same numerics, 20-33% lower "
+                                     "peak RSS, ~7% slower). Default: on in fp32, off under "
                                      "bf16 autocast (activations half the size); true / false: always / never.")
     micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
                                         "parts, gradients summed before the one optimizer step (same update, less "

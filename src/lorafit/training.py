@@ -101,7 +101,7 @@ def resolve_micro_batch_tokens(requested: int | None) -> int:
 
 
 def resolve_release_memory(requested: bool | None, precision: str) -> bool:
-    """Whether CPU training hands freed memory back to the OS at every layer (lorafit.speedups.release_memory).
+    """Whether CPU training hands freed memory back to the OS between layers (lorafit.speedups.release_memory).
 
     Measured on the benchmark CPU (docs/benchmarks.md, roberta-base, batch 32): in fp32 it takes LoRA's peak RSS
     from 0.73x to 0.60x full fine-tuning's; under bf16 autocast LoRA's activations are half the size and its peak
