@@ -61,9 +61,10 @@ def matmul_peak(sizes: list[int], repeats: int, precisions: list[str]) -> dict[s
 
 
 def flops(cfg: dict[str, Any], w: dict[str, Any], rank: int = 8, adapters_per_layer: int = 2,
-          labels: int = 4) -> dict[str, float]:
+          labels: int = 4, first_token_only: bool = True) -> dict[str, float]:
     """Useful (real tokens) and executed (padded) training FLOPs of a measured window (see the module docstring),
-    less what the last layer skips for every token but the first (lorafit.speedups.first_token_only)."""
+    less what the last layer skips for every token but the first (lorafit.speedups.first_token_only; the plain
+    Trainer baseline runs the whole last layer: ``first_token_only=False``)."""
     d, layers, dff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
     n = layers * (4 * d * d + 2 * d * dff)
     per_token = 4 * n + 6 * rank * (2 * d) * adapters_per_layer * layers
@@ -73,6 +74,8 @@ def flops(cfg: dict[str, Any], w: dict[str, Any], rank: int = 8, adapters_per_la
 
     def count(tokens: int, squares: int) -> float:
         full = per_token * tokens + 12 * layers * d * squares + head
+        if not first_token_only:
+            return full
         return full - skipped * (tokens - rows) - 12 * d * (squares - tokens)  # last layer: one query a sequence
 
     return {"N": n, "per_token_linear": per_token, "useful": count(w["real_tokens"], w["real_sq"]),

@@ -18,6 +18,12 @@ With --lockstep, the configurations of a round run at once and take turns one tr
 finishing included; waiting for a turn is not timed), so that even a drift within minutes hits them alike; the
 script checks that no two steps overlapped.
 
+The fp32 ceiling: each round also measures the fp32 matmul peak (torch.mm, same threads, as hardware_limit.py does)
+and counts the FLOPs each run executed on its timed batches (hardware_limit.flops, padding included). lorafit in
+fp32 cannot beat the baseline by more than (baseline FLOPs a sample / lorafit's) x (peak / the baseline's FLOP/s):
+what it would reach with its matmuls at the peak and every other op free. Where the baseline already runs near the
+peak, that ceiling, not lorafit's code, bounds the fp32 ratio.
+
     python benchmarks/train_throughput.py                 # the documented measurement (3 rounds, ~20-40 minutes)
     python benchmarks/train_throughput.py --lockstep --rounds 1 --baseline-steps 50   # paired step by step
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (smoke test)
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hardware_limit as hl  # noqa: E402
 import harness as h  # noqa: E402
 
 MEGABATCH = 50  # the length grouper sorts megabatches of 50 batches once the data has >= 4 x 50 batches
@@ -42,13 +49,15 @@ KEEP = ["--set", "release_memory=false"]  # --fp32-without-release: fp32 without
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    model, out = Path(spec["model"]), Path(spec["out"])
-    files = {k: Path(v) for k, v in spec["files"].items()}
-    warm, steps = spec["warmup"], spec["steps"]
     if spec.get("threads"):
         import torch
 
         torch.set_num_threads(spec["threads"])
+    if spec["kind"] == "peak":
+        return hl.matmul_peak(spec["sizes"], spec["repeats"], ["fp32"])
+    warm, steps = spec["warmup"], spec["steps"]
+    model, out = Path(spec["model"]), Path(spec["out"])
+    files = {k: Path(v) for k, v in spec["files"].items()}
     if spec["kind"] == "baseline":
         rec = h.hf_train(model, files["train"], out, steps=warm + steps, batch=16, pad_to=128)
         return {"window": rec.window(warm + 1, warm + steps), **rec.summary()}
@@ -87,6 +96,7 @@ def main() -> None:
     configs = {"baseline": None, "lorafit": "auto", **({"lorafit_fp32": "fp32"} if h.bf16_supported() else {}),
                **({"lorafit_plain": "auto"} if a.ablation else {}),
                **({"lorafit_fp32_keep": "fp32"} if a.fp32_without_release else {})}
+    sizes = [256] if a.smoke else [2048, 4096]  # the fp32 matmul peak, as hardware_limit.py measures it
     work = h.workdir("throughput")
     try:
         model = h.roberta_folder(work / "model", smoke=a.smoke)
@@ -113,10 +123,12 @@ def main() -> None:
                 runs = dict(zip(specs, h.spawn_lockstep(worker, list(specs.values())), strict=True))
             else:
                 runs = {key: h.spawn(worker, spec) for key, spec in specs.items()}
+            runs["peak"] = h.spawn(worker, {"kind": "peak", "threads": a.threads, "sizes": sizes, "repeats": 5})
             rounds.append(runs)
             overlap = f"; overlapping steps: {h.overlaps(list(runs.values()))}" if a.lockstep else ""
             print(f"round {k + 1}: " + ", ".join(f"{key} {r['window']['samples_per_s']:.2f}/s"
-                                                 for key, r in runs.items()) + overlap, flush=True)
+                                                 for key, r in runs.items() if key != "peak")
+                  + f", fp32 matmul peak {runs['peak']['fp32']['flops'] / 1e9:.1f} GFLOP/s" + overlap, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rounds, a)
@@ -127,7 +139,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
     import statistics
 
     ratios = {key: [r[key]["window"]["samples_per_s"] / r["baseline"]["window"]["samples_per_s"] for r in rounds]
-              for key in rounds[0] if key != "baseline"}
+              for key in rounds[0] if key not in ("baseline", "peak")}
     order = sorted(range(len(rounds)), key=lambda k: ratios["lorafit"][k])
     runs = rounds[order[len(order) // 2]]
     base = runs["baseline"]["window"]["samples_per_s"]
@@ -137,6 +149,8 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
              "lorafit_fp32_keep": "lorafit train --precision fp32, memory release off"}
     rows = []
     for key, r in runs.items():
+        if key == "peak":
+            continue
         w = r["window"]
         batch = 16 if key == "baseline" else LORAFIT_BATCH
         precision = r.get("precision", "fp32")
@@ -161,6 +175,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
     note = "" if bf16 else " (this CPU has no bf16: the defaults train in fp32)"
     print(f"goal lorafit fp32 >= 3x the baseline: median {median[fp32]:.2f}x (rounds {spread[fp32]}), "
           f"{h.verdict(median[fp32] >= 3)}{note}")
+    ceiling = fp32_ceiling(runs, fp32, a.smoke)
     if "lorafit_fp32_keep" in ratios:
         k = "lorafit_fp32_keep"
         print(f"lorafit fp32 with the memory release off (--set release_memory=false): median {median[k]:.2f}x the "
@@ -169,7 +184,31 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
         gain = [x / y for x, y in zip(ratios["lorafit"], ratios["lorafit_plain"], strict=True)]
         print(f"first-token last layer + micro-batches: median {statistics.median(gain):.2f}x the defaults without "
               f"them (rounds {', '.join(f'{g:.2f}x' for g in gain)})")
-    h.save_json(a.json, {"rounds": rounds, "ratios": ratios, "median_ratio": median, "pinned_reproduced": pinned_ok})
+    h.save_json(a.json, {"rounds": rounds, "ratios": ratios, "median_ratio": median, "pinned_reproduced": pinned_ok,
+                         "fp32_ceiling": ceiling})
+
+
+def fp32_ceiling(runs: dict[str, dict[str, Any]], fp32: str, smoke: bool) -> dict[str, float]:
+    """How far lorafit in fp32 could get past the baseline at most, from the FLOPs each executed and the fp32
+    matmul peak measured in the same round (see the module docstring); printed, and returned for the JSON."""
+    cfg = h.roberta_config(smoke)
+    peak = runs["peak"]["fp32"]["flops"]
+    base, lf = runs["baseline"]["window"], runs[fp32]["window"]
+    base_flops = hl.flops(cfg, base, first_token_only=False)["executed"] / base["rows"]
+    lf_flops = hl.flops(cfg, lf)["executed"] / lf["rows"]
+    base_rate, lf_rate = base_flops * base["samples_per_s"], lf_flops * lf["samples_per_s"]
+    bound = peak / (lf_flops * base["samples_per_s"])
+    need = 3 * lf_flops * base["samples_per_s"] / peak
+    print(f"\nfp32 ceiling (the median round; its fp32 matmul peak {peak / 1e9:.1f} GFLOP/s): the baseline executes "
+          f"{base_flops / 1e9:.2f} GFLOP a sample at {base_rate / 1e9:.1f} GFLOP/s ({100 * base_rate / peak:.0f}% of "
+          f"the peak); lorafit fp32 {lf_flops / 1e9:.2f} GFLOP a sample ({base_flops / lf_flops:.2f}x fewer) at "
+          f"{lf_rate / 1e9:.1f} GFLOP/s ({100 * lf_rate / peak:.0f}%)")
+    verdict = "more than the peak: a hard limit" if need >= 1 else "within the peak"
+    print(f"ceiling of lorafit fp32 against this baseline (its matmuls at the peak, every other op free): "
+          f"{bound:.2f}x; 3x needs {100 * need:.0f}% of the fp32 matmul peak, {verdict}")
+    return {"peak_flops": peak, "baseline_flops_per_sample": base_flops, "lorafit_fp32_flops_per_sample": lf_flops,
+            "baseline_share_of_peak": base_rate / peak, "lorafit_fp32_share_of_peak": lf_rate / peak,
+            "ceiling": bound, "share_needed_for_3x": need}
 
 
 if __name__ == "__main__":

@@ -47,3 +47,6 @@ def test_benchmark_smoke(script, tmp_path):
         # smoke turns on --fp32-without-release: its row and its ratio line
         assert "| lorafit train --precision fp32, memory release off" in proc.stdout, proc.stdout[-3000:]
         assert "lorafit fp32 with the memory release off (--set release_memory=false): median" in proc.stdout
+        # the fp32 ceiling from the round's own matmul peak and FLOP counts
+        assert "ceiling of lorafit fp32 against this baseline (its matmuls at the peak, every other op free):" \
+            in proc.stdout, proc.stdout[-3000:]
