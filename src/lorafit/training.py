@@ -104,9 +104,9 @@ def resolve_release_memory(requested: bool | None, precision: str) -> bool:
     """Whether CPU training hands freed memory back to the OS between layers (lorafit.speedups.release_memory).
 
     Measured on the benchmark CPU (docs/benchmarks.md, roberta-base, batch 32): in fp32 it takes LoRA's peak RSS
-    from 0.73x to 0.60x full fine-tuning's; under bf16 autocast LoRA's activations are half the size and its peak
-    is 0.57x without it, while the page faults of re-using returned memory cost about a fifth of the speed. So by
-    default: on in fp32, off in bf16 (and fp16, GPU only: nothing to release there)."""
+    from 0.76x to 0.63x full fine-tuning's at about 0.9x the speed; under bf16 autocast LoRA's activations are half
+    the size and its peak is 0.57x without it, so the page faults of re-using returned memory would buy nothing the
+    goal needs. So by default: on in fp32, off in bf16 (and fp16, GPU only: nothing to release there)."""
     if requested is not None:
         return bool(requested)
     return precision == "fp32"
