@@ -108,6 +108,7 @@ def main() -> None:
               f"timed baseline steps and {a.steps} timed lorafit steps; {a.rounds} interleaved round(s)"
               f"{f'; {a.threads} torch thread(s) in every run' if a.threads else ''}\n", flush=True)
         rounds: list[dict[str, dict[str, Any]]] = []
+        peaks: list[float] = []  # each round's fp32 matmul peak, FLOP/s (for the fp32 ceiling)
         for k in range(a.rounds):  # interleaved, so that a slow spell of the machine hits every config alike
             specs = {}
             for key, precision in configs.items():
@@ -123,25 +124,27 @@ def main() -> None:
                 runs = dict(zip(specs, h.spawn_lockstep(worker, list(specs.values())), strict=True))
             else:
                 runs = {key: h.spawn(worker, spec) for key, spec in specs.items()}
-            runs["peak"] = h.spawn(worker, {"kind": "peak", "threads": a.threads, "sizes": sizes, "repeats": 5})
             rounds.append(runs)
+            peak = h.spawn(worker, {"kind": "peak", "threads": a.threads, "sizes": sizes, "repeats": 5})
+            peaks.append(peak["fp32"]["flops"])
             overlap = f"; overlapping steps: {h.overlaps(list(runs.values()))}" if a.lockstep else ""
             print(f"round {k + 1}: " + ", ".join(f"{key} {r['window']['samples_per_s']:.2f}/s"
-                                                 for key, r in runs.items() if key != "peak")
-                  + f", fp32 matmul peak {runs['peak']['fp32']['flops'] / 1e9:.1f} GFLOP/s" + overlap, flush=True)
+                                                 for key, r in runs.items())
+                  + f", fp32 matmul peak {peaks[-1] / 1e9:.1f} GFLOP/s" + overlap, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(rounds, a)
+    report(rounds, peaks, a)
 
 
-def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> None:
+def report(rounds: list[dict[str, dict[str, Any]]], peaks: list[float], a: argparse.Namespace) -> None:
     """The round with the median lorafit ratio as the table; every round's paired ratio (same round's baseline)."""
     import statistics
 
     ratios = {key: [r[key]["window"]["samples_per_s"] / r["baseline"]["window"]["samples_per_s"] for r in rounds]
-              for key in rounds[0] if key not in ("baseline", "peak")}
+              for key in rounds[0] if key != "baseline"}
     order = sorted(range(len(rounds)), key=lambda k: ratios["lorafit"][k])
-    runs = rounds[order[len(order) // 2]]
+    median_round = order[len(order) // 2]
+    runs = rounds[median_round]
     base = runs["baseline"]["window"]["samples_per_s"]
     names = {"baseline": "baseline: HF Trainer + PEFT, pad 128, random batches",
              "lorafit": "lorafit train (defaults)", "lorafit_fp32": "lorafit train --precision fp32",
@@ -149,8 +152,6 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
              "lorafit_fp32_keep": "lorafit train --precision fp32, memory release off"}
     rows = []
     for key, r in runs.items():
-        if key == "peak":
-            continue
         w = r["window"]
         batch = 16 if key == "baseline" else LORAFIT_BATCH
         precision = r.get("precision", "fp32")
@@ -175,7 +176,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
     note = "" if bf16 else " (this CPU has no bf16: the defaults train in fp32)"
     print(f"goal lorafit fp32 >= 3x the baseline: median {median[fp32]:.2f}x (rounds {spread[fp32]}), "
           f"{h.verdict(median[fp32] >= 3)}{note}")
-    ceiling = fp32_ceiling(runs, fp32, a.smoke)
+    ceiling = fp32_ceiling(runs, peaks[median_round], fp32, a.smoke)
     if "lorafit_fp32_keep" in ratios:
         k = "lorafit_fp32_keep"
         print(f"lorafit fp32 with the memory release off (--set release_memory=false): median {median[k]:.2f}x the "
@@ -185,14 +186,13 @@ def report(rounds: list[dict[str, dict[str, Any]]], a: argparse.Namespace) -> No
         print(f"first-token last layer + micro-batches: median {statistics.median(gain):.2f}x the defaults without "
               f"them (rounds {', '.join(f'{g:.2f}x' for g in gain)})")
     h.save_json(a.json, {"rounds": rounds, "ratios": ratios, "median_ratio": median, "pinned_reproduced": pinned_ok,
-                         "fp32_ceiling": ceiling})
+                         "fp32_matmul_peaks": peaks, "fp32_ceiling": ceiling})
 
 
-def fp32_ceiling(runs: dict[str, dict[str, Any]], fp32: str, smoke: bool) -> dict[str, float]:
+def fp32_ceiling(runs: dict[str, dict[str, Any]], peak: float, fp32: str, smoke: bool) -> dict[str, float]:
     """How far lorafit in fp32 could get past the baseline at most, from the FLOPs each executed and the fp32
     matmul peak measured in the same round (see the module docstring); printed, and returned for the JSON."""
     cfg = h.roberta_config(smoke)
-    peak = runs["peak"]["fp32"]["flops"]
     base, lf = runs["baseline"]["window"], runs[fp32]["window"]
     base_flops = hl.flops(cfg, base, first_token_only=False)["executed"] / base["rows"]
     lf_flops = hl.flops(cfg, lf)["executed"] / lf["rows"]
