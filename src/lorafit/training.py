@@ -145,11 +145,16 @@ def default_output_dir() -> str:
 def train(config: Config, *, resume: bool | str = False, quiet: bool = False, allow_pickle: bool = False) -> Run:
     """Train one run and write its folder; returns the Run. Inputs are validated before anything is written."""
     task = config.task or "classification"
+    owns_group = not _process_group_exists()  # under torchrun, TrainingArguments creates it during this call
     if task == "ner":
         from lorafit.ner import train_ner
 
-        return train_ner(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
-    return _train_classification(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
+        run = train_ner(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
+    else:
+        run = _train_classification(config, resume=resume, quiet=quiet, allow_pickle=allow_pickle)
+    if owns_group:
+        end_process_group()
+    return run
 
 
 def _train_classification(config: Config, *, resume: bool | str, quiet: bool, allow_pickle: bool = False) -> Run:
@@ -309,6 +314,27 @@ def wait_for_everyone() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _process_group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def end_process_group() -> None:
+    """Destroy the process group on a clean finish, in every rank (each after its own last collective).
+
+    A gloo group left to interpreter shutdown can abort the process (SIGABRT, "terminate called without an active
+    exception": its worker threads still hold tensors), and torchrun then kills the other ranks, rank 0 included,
+    while it is still writing the run folder. Not called on an error: destroying a group while another rank waits
+    in a collective can hang (PyTorch's advice). A later train() in the same process sets the group up again:
+    TrainingArguments resets accelerate's cached state each time."""
+    if not _process_group_exists():
+        return
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
 
 
 def params_record(counts: dict[str, int]) -> dict[str, Any]:
