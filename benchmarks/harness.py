@@ -318,6 +318,16 @@ def _result(spec: dict[str, Any], returncode: int | None, output: str, wall: flo
     return {**json.loads(lines[-1][len(RESULT):]), "wall_seconds": wall}
 
 
+def worker_env(spec: dict[str, Any]) -> dict[str, str]:
+    """A worker's environment: this one, offline, and, except for the pinned baseline (the seeds set nothing), the
+    variables the `lorafit` command sets before torch loads (``lorafit.cli.PROCESS_ENV``), which a worker that
+    imports torch first would otherwise miss. A variable already set here wins, as it does for the command."""
+    from lorafit.cli import PROCESS_ENV
+
+    extra = {} if spec.get("kind") == "baseline" else PROCESS_ENV
+    return {**extra, **os.environ, **OFFLINE}
+
+
 def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: float = 3600) -> dict[str, Any]:
     """Run ``worker(spec)`` in a fresh process of its script; with ``rss``, sample the process's peak RSS every 20 ms
     (psutil) and take the kernel's own high-water mark (ru_maxrss) as well. In smoke mode (``INLINE``) a worker
@@ -329,7 +339,7 @@ def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: floa
         return result
     script = sys.modules[worker.__module__].__file__
     cmd = [sys.executable, script, "--worker", json.dumps(spec)]
-    env = {**os.environ, **OFFLINE}
+    env = worker_env(spec)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -427,7 +437,6 @@ def spawn_lockstep(worker: Any, specs: list[dict[str, Any]], *, timeout: float =
     """Run ``worker(spec)`` for every spec at once, each in its own process, taking turns one training step at a
     time (round-robin, in the order given; see ``Baton``). Their results, in that order."""
     script = sys.modules[worker.__module__].__file__
-    env = {**os.environ, **OFFLINE}
     with tempfile.TemporaryDirectory() as tmp:
         baton = Path(tmp) / "baton.json"
         Baton.create(baton)
@@ -436,7 +445,7 @@ def spawn_lockstep(worker: Any, specs: list[dict[str, Any]], *, timeout: float =
         for i, (spec, log) in enumerate(zip(specs, logs, strict=True)):
             turn = {"baton": str(baton), "baton_index": i, "baton_size": len(specs)}
             procs.append(subprocess.Popen([sys.executable, script, "--worker", json.dumps({**spec, **turn})],
-                                          stdout=log, stderr=subprocess.STDOUT, env=env))
+                                          stdout=log, stderr=subprocess.STDOUT, env=worker_env(spec)))
         t0 = time.time()
         wall = [0.0] * len(procs)
         running = set(range(len(procs)))

@@ -297,3 +297,28 @@ def test_release_memory_uses_glibc_malloc_trim_where_there_is_one():
     speedups._malloc_trim.cache_clear()
     trim = speedups._malloc_trim()
     assert trim is not None and trim(0) in (0, 1)
+
+
+@pytest.mark.parametrize("user_value,want", [(None, True), ("0", False)])
+def test_the_command_gives_torch_huge_pages_unless_told_not_to(tmp_path, tiny_roberta, cls_data, user_value, want):
+    """`lorafit` sets THP_MEM_ALLOC_ENABLE=1 before torch loads, so torch's buffers of 2 MiB and more get huge pages
+    (docs/benchmarks.md: faster fp32 training at a lower peak RSS); a value the user set wins. The run records what
+    torch's allocator did (config.yaml: resolved.torch_huge_pages), read off its buffers, not off the variable."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("torch's huge-page allocation is Linux only")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if user_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user_value
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "lorafit", "train", "--model", str(tiny_roberta), "--train-file",
+                          str(cls_data["train"]), "--output-dir", str(out), "--max-steps", "2", "--precision", "fp32"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["torch_huge_pages"] is want

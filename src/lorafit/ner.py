@@ -479,12 +479,15 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
     model = modeling.wrap(base, lcfg)
     counts = modeling.count_parameters(model)
     stats = _stats(nd, lengths, max_length, suggested, limit, stride, cfg.data.label_all_subtokens)
+    from lorafit.speedups import torch_huge_pages
+
     cfg.resolved = {
         "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
         "new_modules": new_modules, "lora_target_modules": training._jsonable_targets(lcfg.target_modules),
         "modules_to_save": modeling.saved_modules(model), "label_order": list(labels), "sources": nd.sources,
         "scheme": scheme, "source_scheme": nd.source_scheme, "pretokenizer": PRETOKENIZER,
         "windowed_sentences": {s: v["windowed_sentences"] for s, v in stats["splits"].items()},
+        "torch_huge_pages": torch_huge_pages(),
     }
     params = training.params_record(counts)
     if main:

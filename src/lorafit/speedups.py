@@ -215,6 +215,22 @@ def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterato
         yield {"dropout_modules": swapped, "attention_configs": attention_configs}
 
 
+# ---- huge pages for torch's big CPU buffers ---------------------------------------------------------------
+THP_MIN_BYTES = 2 << 20  # torch gives buffers of this size and more huge pages (c10's gAlloc_threshold_thp)
+
+
+def torch_huge_pages() -> bool:
+    """Whether torch's CPU allocator asks for transparent huge pages for its big buffers: it does when
+    THP_MEM_ALLOC_ENABLE=1 was set before its first allocation (the `lorafit` command sets it: fewer page faults,
+    measured in docs/benchmarks.md), and it then aligns those buffers to a page, which glibc's own allocations of
+    that size are not (they sit 64 bytes past one). Read off three probe buffers; whether the kernel grants huge
+    pages is its own setting (/sys/kernel/mm/transparent_hugepage/enabled)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    probes = [torch.empty(THP_MIN_BYTES + 4096 * i, dtype=torch.uint8) for i in range(3)]
+    return all(p.data_ptr() % 4096 == 0 for p in probes)
+
+
 # ---- returning freed memory to the OS between layers (glibc) ---------------------------------------------
 TRIM_MIN_ELEMENTS = 1 << 20  # a layer output smaller than this (4 MiB in fp32): not worth a trim's heap walk
 RELEASE_EVERY = 3  # trim after every third layer, counting back from the last (measured: docs/benchmarks.md)

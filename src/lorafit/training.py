@@ -226,11 +226,14 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
     wait_for_everyone()
     model = modeling.wrap(base, lcfg)
     counts = modeling.count_parameters(model)
+    from lorafit.speedups import torch_huge_pages
+
     cfg.resolved = {
         "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
         "new_modules": new_modules, "lora_target_modules": _jsonable_targets(lcfg.target_modules),
         "modules_to_save": modeling.saved_modules(model), "label_order": list(labels.names),
         "sources": ds.sources, "filtered_train_rows": ds.filtered,
+        "torch_huge_pages": torch_huge_pages(),
     }
     data_stats = _data_stats(ds, stats, max_length, suggested, limit)
     params = params_record(counts)
