@@ -111,7 +111,7 @@ class Config:
                                 "false: the whole last layer.")
     release_memory: bool | None = _f(None, "CPU training: hand freed memory back to the OS after every third encoder "
                                      "layer, forward and backward (glibc malloc_trim; same numerics, 20-33% lower "
-                                     "peak RSS, ~10% slower). Default: on in fp32, off under "
+                                     "peak RSS, 2-10% slower). Default: on in fp32, off under "
                                      "bf16 autocast (activations half the size); true / false: always / never.")
     micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
                                         "parts, gradients summed before the one optimizer step (same update, less "
