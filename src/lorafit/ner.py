@@ -456,13 +456,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
     cfg.data.max_length = max_length
     cfg.data.stride = stride
     cfg.data.tag_column = nd.tag_column
-    cfg.precision = precision  # type: ignore[assignment]
-    training.resolve_speedups(cfg, precision)
-    cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
-    for key in ("train_file", "validation_file", "test_file"):
-        value = getattr(cfg.data, key)
-        if value:
-            setattr(cfg.data, key, str(Path(value).resolve()))
+    training.resolve_run(cfg, precision, model_path)
     training.seed_everything(int(cfg.training.get("seed", cfg.data.seed)))  # the new head and LoRA init are random
     base, new_modules = modeling.load_base(model_path, "ner", dict(enumerate(labels)), cfg.model.revision)
     modeling.report_new_modules(new_modules)
@@ -479,16 +473,11 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
     model = modeling.wrap(base, lcfg)
     counts = modeling.count_parameters(model)
     stats = _stats(nd, lengths, max_length, suggested, limit, stride, cfg.data.label_all_subtokens)
-    from lorafit.speedups import torch_huge_pages
-
-    cfg.resolved = {
-        "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
-        "new_modules": new_modules, "lora_target_modules": training._jsonable_targets(lcfg.target_modules),
-        "modules_to_save": modeling.saved_modules(model), "label_order": list(labels), "sources": nd.sources,
+    cfg.resolved = training.run_facts(precision_why, suggested, limit, new_modules, lcfg, model, labels, nd.sources)
+    cfg.resolved.update({
         "scheme": scheme, "source_scheme": nd.source_scheme, "pretokenizer": PRETOKENIZER,
         "windowed_sentences": {s: v["windowed_sentences"] for s, v in stats["splits"].items()},
-        "torch_huge_pages": torch_huge_pages(),
-    }
+    })
     params = training.params_record(counts)
     if main:
         atomic_write_text(out / "config.yaml", cfg.to_yaml())

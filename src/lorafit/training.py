@@ -112,6 +112,31 @@ def resolve_release_memory(requested: bool | None, precision: str) -> bool:
     return precision == "fp32"
 
 
+def resolve_run(cfg: Any, precision: str, model_path: str) -> None:
+    """Write the run-time choices every task shares into ``cfg``: precision, speed-ups, absolute paths."""
+    cfg.precision = precision
+    resolve_speedups(cfg, precision)
+    cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
+    for key in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg.data, key)
+        if value:
+            setattr(cfg.data, key, str(Path(value).resolve()))
+
+
+def run_facts(precision_why: str, suggested: int, limit: int, new_modules: list[str], lcfg: Any, model: Any,
+              label_order: Any, sources: Any) -> dict[str, Any]:
+    """The ``resolved`` facts every task records in config.yaml (each task adds its own)."""
+    from lorafit import modeling
+    from lorafit.speedups import torch_huge_pages
+
+    return {
+        "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
+        "new_modules": new_modules, "lora_target_modules": _jsonable_targets(lcfg.target_modules),
+        "modules_to_save": modeling.saved_modules(model), "label_order": list(label_order), "sources": sources,
+        "torch_huge_pages": torch_huge_pages(),
+    }
+
+
 def resolve_speedups(cfg: Config, precision: str) -> None:
     """Write the device- and precision-dependent speed-up defaults into the run's config (None: resolve)."""
     cfg.micro_batch_tokens = resolve_micro_batch_tokens(cfg.micro_batch_tokens)
@@ -202,13 +227,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
     cfg.data.labels = list(labels.names)
     cfg.data.max_length = max_length
     cfg.data.text_columns = ds.text_columns
-    cfg.precision = precision
-    resolve_speedups(cfg, precision)
-    cfg.model.name_or_path = model_path if Path(model_path).is_dir() else cfg.model.name_or_path
-    for key in ("train_file", "validation_file", "test_file"):
-        value = getattr(cfg.data, key)
-        if value:
-            setattr(cfg.data, key, str(Path(value).resolve()))
+    resolve_run(cfg, precision, model_path)
     id2label = labels.id2label
 
     seed_everything(int(cfg.training.get("seed", cfg.data.seed)))  # the new head and LoRA init are random
@@ -226,15 +245,8 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
     wait_for_everyone()
     model = modeling.wrap(base, lcfg)
     counts = modeling.count_parameters(model)
-    from lorafit.speedups import torch_huge_pages
-
-    cfg.resolved = {
-        "precision_reason": precision_why, "suggested_max_length": suggested, "model_limit": limit,
-        "new_modules": new_modules, "lora_target_modules": _jsonable_targets(lcfg.target_modules),
-        "modules_to_save": modeling.saved_modules(model), "label_order": list(labels.names),
-        "sources": ds.sources, "filtered_train_rows": ds.filtered,
-        "torch_huge_pages": torch_huge_pages(),
-    }
+    cfg.resolved = run_facts(precision_why, suggested, limit, new_modules, lcfg, model, labels.names, ds.sources)
+    cfg.resolved["filtered_train_rows"] = ds.filtered
     data_stats = _data_stats(ds, stats, max_length, suggested, limit)
     params = params_record(counts)
     if main:
