@@ -139,7 +139,9 @@ def cls_data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-FAST = ["--epochs", "8", "--lr", "2e-2", "--batch-size", "16", "--precision", "fp32", "--set",
+# lr 1e-2: at 2e-2 this 2-layer model stalled near chance (0.5) for some seeds (42 among them) with either dropout
+# mask stream, while 1e-2 learns (0.78-0.90 on seeds 42-47)
+FAST = ["--epochs", "8", "--lr", "1e-2", "--batch-size", "16", "--precision", "fp32", "--set",
         "training.logging_steps=5"]
 
 

@@ -204,7 +204,7 @@ def test_report_md_has_config_params_data_metrics_and_plots(report_run):
     for split in ("validation", "test"):
         assert f"| {split} | {metrics[split]['rows']} | {metrics[split]['accuracy']:.4f} |" in md
     assert f"max_length {stats['max_length']}" in md and f"| train | {stats['splits']['train']['rows']} |" in md
-    assert "| lora.r | 8 |" in md and "| training.learning_rate | 0.0200 |" in md
+    assert "| lora.r | 8 |" in md and "| training.learning_rate | 0.0100 |" in md
     for name in CLS_PLOTS:
         assert f"](plots/{name}.png)" in md
     assert "Preset reference" not in md  # not a preset run

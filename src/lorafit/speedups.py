@@ -1,10 +1,11 @@
 """CPU training speed-ups that keep the recipe: cheaper dropout masks, frozen weights stored in bf16.
 
 Measured on the benchmark CPU (docs/benchmarks.md): drawing dropout masks with ``bernoulli_`` took about a third
-of a bf16 LoRA training step, as long as all the matrix multiplications. Here a mask costs one 64-bit draw per
-four elements (16 random bits each, compared with a threshold), ~4x fewer generator calls, and backward reuses
-the saved boolean mask. Dropout stays dropout: same p (to 1/65536), same 1/(1-p) scaling, the same torch
-generator (so seeding and the Trainer's exact resume still hold); only the random stream differs.
+of a bf16 LoRA training step, as long as all the matrix multiplications. Here a mask costs one 64-bit word per
+four elements (16 random bits each, compared with a threshold), from a PCG64 stream that a 128-bit seed drawn
+from torch's generator starts, and backward reuses the saved boolean mask. Dropout stays dropout: same p (to
+1/65536), same 1/(1-p) scaling, every draw rooted in torch's generator (so seeding and the Trainer's exact resume
+still hold); only the random stream differs.
 
 In attention, ``softmax -> dropout -> @ v`` is one autograd function that keeps the probabilities and the mask
 but recomputes the dropped probabilities in backward (2 bytes less per attention weight held for backward).
@@ -33,6 +34,7 @@ from contextlib import ExitStack, contextmanager
 from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,10 +50,26 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """Boolean tensor, False with probability round(p * 65536) / 65536 (True: the elements to keep)."""
     n = math.prod(shape)
-    words = (n + 3) // 4
-    bits = torch.empty(words, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    bits = torch.from_numpy(random_words((n + 3) // 4).view(np.int16))
     threshold = round(p * _LEVELS) - _LEVELS // 2
-    return (bits.view(torch.int16)[:n] >= threshold).view(shape)
+    return (bits[:n] >= threshold).view(shape)
+
+
+def random_words(words: int) -> np.ndarray:
+    """``words`` uniformly random 64-bit words from a PCG64 stream seeded with 128 bits drawn from torch's default
+    generator: the masks follow ``torch.manual_seed`` and the Trainer's RNG checkpoints (exact resume) as torch's
+    own draws would, at 2.4x the speed of torch's mt19937 ``random_`` (0.82 instead of 1.98 ms for 344,064 words,
+    one core of the benchmark VM), whose serial loop took 4.5% of a bf16 training step."""
+    seed = torch.empty(2, dtype=torch.int64).random_(-(2**63), None).tolist()
+    state = _PCG.state
+    state["state"]["state"] = (seed[0] % 2**64) << 64 | seed[1] % 2**64
+    state["state"]["inc"] = _PCG_INC
+    _PCG.state = state
+    return _PCG.random_raw(words)
+
+
+_PCG = np.random.PCG64(0)  # its state is set from torch's generator before every use
+_PCG_INC = 0x5851F42D4C957F2D14057B7EF767814F  # a fixed odd increment: one PCG64 cycle, entered at a random point
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
