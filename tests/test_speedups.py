@@ -324,3 +324,114 @@ def test_the_command_gives_torch_huge_pages_unless_told_not_to(tmp_path, tiny_ro
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["torch_huge_pages"] is want
+
+
+def _step(model, ids, labels, seed=5):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_forward_matches_peft_with_the_same_masks(tiny_roberta, monkeypatch):
+    """``lora_forward`` (dropout's 1/(1-p) folded into the scaling, one scaled add) gives PEFT's loss and gradients
+    to float rounding, with the same dropout masks (same seed, same draws), in fp32 and in eval; anything it does not
+    cover (two active adapters) falls back to PEFT's own forward; the layers get PEFT's forward back on exit."""
+    from peft import LoraConfig
+
+    model = _lora_classifier(tiny_roberta, "sdpa").train()
+    for layer in [m for m in model.modules() if hasattr(m, "lora_dropout")]:
+        layer.lora_dropout["default"] = nn.Dropout(0.3)  # a real p: the folded scaling must match
+    ids, labels = torch.randint(5, 100, (4, 9)), torch.tensor([0, 1, 2, 1])
+    unscaled: list[float] = []
+
+    real = speedups._Dropout
+
+    class Spy(real):
+        @staticmethod
+        def forward(ctx, x, p, scale):
+            if scale == 1.0:
+                unscaled.append(p)
+            return real.forward(ctx, x, p, scale)
+
+    monkeypatch.setattr(speedups, "_Dropout", Spy)
+    with speedups.training_speedups(model, fast_dropout=True) as info:
+        speedups_loss, speedups_grads = _step(model, ids, labels)
+    assert unscaled == [0.3] * 4  # the fused path ran: each LoRA input masked without its 1/(1-p)
+    with speedups.training_speedups(model, fast_dropout=True), speedups.fused_lora(model) as again:
+        assert again == 0  # already patched: left alone
+    assert info["lora_layers"] == 2 * 2 and info["shared_casts"] == 2 * 3  # query+value x 2 layers; q, k, v x 2
+    assert not any("forward" in vars(m) for m in model.modules())
+    # the reference: the same fast masks through PEFT's forward (fused_lora patched out)
+    with speedups.training_speedups(model) as info, _PeftForward(model):
+        ref_loss, ref_grads = _step(model, ids, labels)
+    assert torch.allclose(speedups_loss, ref_loss, rtol=1e-5) and speedups_grads.keys() == ref_grads.keys()
+    for name, g in ref_grads.items():
+        assert (g - speedups_grads[name]).abs().max() <= 1e-5 * g.abs().max(), name
+    plain_loss, _ = _step(model, ids, labels)  # torch's own dropout: other masks, another loss
+    assert not torch.allclose(plain_loss, ref_loss)
+    model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        with speedups.fused_lora(model) as n:
+            assert n == 4 and torch.allclose(model(input_ids=ids).logits, ref, atol=1e-6)
+    model.add_adapter("other", LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                          init_lora_weights=False))
+    for layer in [m for m in model.modules() if hasattr(m, "lora_A")]:
+        layer.set_adapter(["default", "other"])  # on the LoRA layers only (the head's wrapper takes one)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        with speedups.fused_lora(model):
+            assert torch.equal(model(input_ids=ids).logits, ref)
+
+
+class _PeftForward:
+    """Undo fused_lora inside training_speedups: PEFT's own LoRA forward with the fast masks."""
+
+    def __init__(self, model):
+        self.layers = [m for m in model.modules() if "forward" in vars(m) and hasattr(m, "lora_A")]
+
+    def __enter__(self):
+        self.saved = [m.__dict__.pop("forward") for m in self.layers]
+        assert self.saved
+
+    def __exit__(self, *exc):
+        for m, f in zip(self.layers, self.saved, strict=True):
+            m.forward = f
+
+
+@pytest.mark.parametrize("which", ["tiny_roberta", "tiny_bert"])
+def test_shared_input_casts_cast_once_with_autocasts_values(which, request):
+    """Under bf16 autocast the query, key and value projections read one cast of their shared input (one
+    ``aten::_to_copy`` of that shape instead of three, plus the LoRA paths'); the loss is autocast's to rounding,
+    and the gradients too (only their sum over the projections is taken in bf16); in fp32 nothing changes."""
+    model = _lora_classifier(request.getfixturevalue(which), "sdpa").train()
+    ids, labels = torch.randint(5, 100, (4, 9)), torch.tensor([0, 1, 2, 1])
+    speedups.frozen_linears_to_bf16(model)
+
+    def run(shared: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16), speedups.training_speedups(model) as info:
+            if not shared:
+                for m in model.modules():
+                    m._forward_pre_hooks.clear()
+            with torch.profiler.profile(record_shapes=True) as prof:
+                loss, grads = _step(model, ids, labels)
+        casts = sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                    if e.key == "aten::_to_copy" and e.input_shapes and e.input_shapes[0] == [4, 9, 32])
+        return loss, grads, casts, info
+
+    ref_loss, ref_grads, ref_casts, _ = run(False)
+    loss, grads, casts, info = run(True)
+    layers = len(speedups.encoder_layers(model))
+    assert info["shared_casts"] == 3 * layers
+    assert ref_casts - casts >= 4 * layers  # q, k, v and two LoRA inputs: 5 casts per layer down to 1
+    assert torch.allclose(loss, ref_loss, rtol=2e-2)
+    for name, g in ref_grads.items():
+        assert (g - grads[name]).abs().max() <= 0.05 * g.abs().max(), name
+    fp32 = _lora_classifier(request.getfixturevalue(which), "sdpa").train()
+    plain = _step(fp32, ids, labels)
+    with speedups.training_speedups(fp32, fast_dropout=False) as info:
+        assert info["shared_casts"] == 3 * layers
+        hooked = _step(fp32, ids, labels)
+    assert torch.equal(plain[0], hooked[0]) and all(torch.equal(plain[1][n], hooked[1][n]) for n in plain[1])
