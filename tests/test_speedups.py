@@ -68,6 +68,12 @@ def test_attention_math_matches_sdpa(mask_kind):
     ours, _ = speedups.attention(module, q, k, v, mask, dropout=1e-9, scaling=d**-0.5)
     ref, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=d**-0.5)
     assert torch.allclose(ours, ref, atol=1e-5)
+    if mask_kind == "bool":  # the cached additive form gives masked_fill's scores bit for bit, in both dtypes
+        for dtype in (torch.float32, torch.bfloat16):
+            scores = (torch.randn(b, h, seq, seq) * 30).to(dtype)
+            want = scores.masked_fill(~mask, torch.finfo(dtype).min)
+            assert torch.equal(scores + speedups._additive_mask(mask, dtype), want)
+            assert speedups._additive_mask(mask, dtype) is speedups._additive_mask(mask, dtype)  # built once
     # with a real p about that share of attention weights is dropped, and the rows are rescaled
     torch.manual_seed(3)
     dropped, _ = speedups.attention(module, q, k, v, mask, dropout=0.5, scaling=d**-0.5)

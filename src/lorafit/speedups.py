@@ -55,9 +55,10 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """Boolean tensor, False with probability round(p * 65536) / 65536 (True: the elements to keep)."""
     n = math.prod(shape)
-    bits = torch.from_numpy(random_words((n + 3) // 4).view(np.int16))
-    threshold = round(p * _LEVELS) - _LEVELS // 2
-    return (bits[:n] >= threshold).view(shape)
+    bits = random_words((n + 3) // 4).view(np.int16)[:n]
+    threshold = np.int16(round(p * _LEVELS) - _LEVELS // 2)
+    # numpy's comparison: 0.05 ms for 1.38M int16 elements on the benchmark CPU, torch's int16 >= 0.41 ms
+    return torch.from_numpy(np.greater_equal(bits, threshold)).view(shape)
 
 
 def random_words(words: int) -> np.ndarray:
@@ -159,12 +160,26 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     with torch.autocast("cpu", enabled=False):
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
         if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attention_mask.to(scores.dtype)
+            scores.add_(_additive_mask(attention_mask, scores.dtype))
         out = _AttentionCore.apply(scores, v, dropout)
     return out.transpose(1, 2).contiguous(), None
+
+
+_MASK_CACHE: list[Any] = []  # [mask, its version, dtype, additive form]: every layer of a forward pass reuses it
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask as scores to add (0 or the dtype's minimum), built once per forward pass, not per layer.
+    Adding it in place gives what ``masked_fill(~mask, min)`` gives, bit for bit (min plus any score below 2**100
+    rounds to min), without the copy of the scores and the backward pass over them."""
+    cached = _MASK_CACHE
+    if not (cached and cached[0] is mask and cached[1] == mask._version and cached[2] == dtype):
+        if mask.dtype == torch.bool:
+            additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+        else:
+            additive = mask.to(dtype)
+        cached[:] = [mask, mask._version, dtype, additive]
+    return cached[3]
 
 
 def lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -324,6 +339,7 @@ def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterato
                         swapped += 1
             _register_attention()
             attention_configs = undo.enter_context(attention_implementation(model, ATTENTION_NAME, replacing="sdpa"))
+            undo.callback(_MASK_CACHE.clear)
             lora_layers = undo.enter_context(fused_lora(model))
         yield {"dropout_modules": swapped, "attention_configs": attention_configs, "lora_layers": lora_layers,
                "shared_casts": shared_casts}
