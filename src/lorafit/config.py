@@ -105,7 +105,8 @@ class Config:
     preset: str | None = _f(None, "The preset this config started from (informational).")
     precision: Precision = _f("auto", "auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32.")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks 16 random bits at a time (same p to 1/65536, "
-                            "about 4x cheaper than torch's bernoulli masks); false: torch's own dropout.")
+                            "about 4x cheaper than torch's bernoulli masks), LoRA layers with the dropout's "
+                            "1/(1-p) folded into their scaling; false: torch's own dropout and PEFT's forward.")
     first_token_only: bool = _f(True, "BERT-family sequence classifiers: run the last layer for the first token only, "
                                 "the one token the head reads (same logits and gradients, ~7% fewer FLOPs); "
                                 "false: the whole last layer.")

@@ -324,7 +324,8 @@ def attention_implementation(model: nn.Module, name: str, replacing: str | None 
 @contextmanager
 def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterator[dict[str, int]]:
     """Swap every nn.Dropout for FastDropout, route SDPA attention through ``attention`` and LoRA layers through
-    ``lora_forward`` (the dropout's scaling folded in); on every CPU, ``shared_input_casts``; undone on exit."""
+    ``lora_forward`` (the dropout's scaling folded in); in every case ``shared_input_casts`` (which acts under CPU
+    autocast only); undone on exit."""
     with ExitStack() as undo:
         swapped = attention_configs = lora_layers = 0
         shared_casts = undo.enter_context(shared_input_casts(model))
