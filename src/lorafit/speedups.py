@@ -165,21 +165,38 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), None
 
 
-_MASK_CACHE: list[Any] = []  # [mask, its version, dtype, additive form]: every layer of a forward pass reuses it
+class _LastTensorCache:
+    """One entry: a tensor derived (in a dtype) from the last input seen, rebuilt when the input is another tensor,
+    was changed in place since, or the dtype differs. Holds the input and its derivative until the next input or
+    ``clear``; one training thread, as for the mask stream."""
+
+    def __init__(self) -> None:
+        self.entry: tuple[torch.Tensor, int, torch.dtype, torch.Tensor] | None = None
+
+    def get(self, x: torch.Tensor, dtype: torch.dtype, build: Any) -> torch.Tensor:
+        e = self.entry
+        if e is None or e[0] is not x or e[1] != x._version or e[2] != dtype:
+            self.entry = e = (x, x._version, dtype, build(x, dtype))
+        return e[3]
+
+    def clear(self) -> None:
+        self.entry = None
+
+
+_MASKS = _LastTensorCache()  # every layer of a forward pass reuses its attention mask's additive form
+
+
+def _build_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    return mask.to(dtype)
 
 
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The attention mask as scores to add (0 or the dtype's minimum), built once per forward pass, not per layer.
     Adding it in place gives what ``masked_fill(~mask, min)`` gives, bit for bit (min plus any score below 2**100
     rounds to min), without the copy of the scores and the backward pass over them."""
-    cached = _MASK_CACHE
-    if not (cached and cached[0] is mask and cached[1] == mask._version and cached[2] == dtype):
-        if mask.dtype == torch.bool:
-            additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
-        else:
-            additive = mask.to(dtype)
-        cached[:] = [mask, mask._version, dtype, additive]
-    return cached[3]
+    return _MASKS.get(mask, dtype, _build_additive)
 
 
 def lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -239,17 +256,14 @@ def shared_input_casts(model: nn.Module) -> Iterator[int]:
     Linear's input on its own, 3-5 passes over the same tensor forward and as many for their gradients backward.
     The values are the ones autocast would use; only the gradients of those consumers are now summed in the
     autocast dtype before the one cast back (rounding). Yields how many projections are hooked; removed on exit."""
-    last: list[Any] = [None, -1, None]  # the input, its version, its cast: held only until the next input
+    casts = _LastTensorCache()
 
     def cast(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu" \
                 or not torch.is_autocast_enabled("cpu"):
             return None
-        dtype = torch.get_autocast_dtype("cpu")
-        if last[0] is not x or last[1] != x._version or last[2].dtype != dtype:
-            last[:] = [x, x._version, x.to(dtype)]
-        return (last[2], *args[1:])
+        return (casts.get(x, torch.get_autocast_dtype("cpu"), torch.Tensor.to), *args[1:])
 
     handles = []
     for parent in model.modules():
@@ -262,7 +276,7 @@ def shared_input_casts(model: nn.Module) -> Iterator[int]:
     finally:
         for handle in handles:
             handle.remove()
-        last.clear()
+        casts.clear()
 
 
 def _register_attention() -> None:
@@ -340,7 +354,7 @@ def training_speedups(model: nn.Module, *, fast_dropout: bool = True) -> Iterato
                         swapped += 1
             _register_attention()
             attention_configs = undo.enter_context(attention_implementation(model, ATTENTION_NAME, replacing="sdpa"))
-            undo.callback(_MASK_CACHE.clear)
+            undo.callback(_MASKS.clear)
             lora_layers = undo.enter_context(fused_lora(model))
         yield {"dropout_modules": swapped, "attention_configs": attention_configs, "lora_layers": lora_layers,
                "shared_casts": shared_casts}
