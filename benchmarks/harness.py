@@ -321,11 +321,12 @@ def _result(spec: dict[str, Any], returncode: int | None, output: str, wall: flo
 def worker_env(spec: dict[str, Any]) -> dict[str, str]:
     """A worker's environment: this one, offline, and, except for the pinned baseline (the seeds set nothing), the
     variables the `lorafit` command sets before torch loads (``lorafit.cli.PROCESS_ENV``), which a worker that
-    imports torch first would otherwise miss. A variable already set here wins, as it does for the command."""
+    imports torch first would otherwise miss. A variable already set here wins, as it does for the command; the
+    spec's own ``env`` (an ablation's) wins over both."""
     from lorafit.cli import PROCESS_ENV
 
     extra = {} if spec.get("kind") == "baseline" else PROCESS_ENV
-    return {**extra, **os.environ, **OFFLINE}
+    return {**extra, **os.environ, **spec.get("env", {}), **OFFLINE}
 
 
 def spawn(worker: Any, spec: dict[str, Any], *, rss: bool = False, timeout: float = 3600) -> dict[str, Any]:
