@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--lockstep", action="store_true",
                     help="run each round's configurations at once, taking turns one training step each")
     ap.add_argument("--fp32-without-release", action="store_true",
-                    help="also run lorafit in fp32 with the per-layer memory release off (on by default in fp32)")
+                    help="also run lorafit in fp32 with the per-layer memory release off (the default since "
+                         "2026-12-07, when this run repeats the fp32 one; on by default in fp32 before)")
     a = ap.parse_args()
     if a.smoke:
         h.INLINE = True

@@ -51,6 +51,24 @@ def test_dropout_forward_backward_and_eval():
     assert torch.equal(a, speedups.drop_mask((1000,), 0.1))
 
 
+def test_masks_are_held_as_bits():
+    """What dropout holds for backward is its mask packed eight to a byte, and unpacking gives the mask back, for any
+    element count (not only multiples of 8)."""
+    torch.manual_seed(3)
+    for shape in [(1,), (7,), (8,), (3, 5, 11), (64, 300)]:
+        keep = speedups.keep_mask(shape, 0.3)
+        bits = speedups.pack_mask(keep)
+        assert bits.dtype == torch.uint8 and bits.numel() == (keep.numel() + 7) // 8
+        assert torch.equal(speedups.unpack_mask(bits, shape), keep)
+    x = torch.randn(4, 6, 10, requires_grad=True)
+    held: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
+        y = speedups.dropout(x, 0.25, True)
+    assert [(t.dtype, t.numel()) for t in held] == [(torch.uint8, 30)]  # 240 mask elements in 30 bytes
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (y != 0).float() / 0.75)
+
+
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 def test_attention_math_matches_sdpa(mask_kind):
     """With a vanishing p (no element dropped) the dropout path must equal transformers' SDPA attention."""
@@ -279,18 +297,17 @@ def test_release_memory_trims_at_every_third_layer_and_leaves_numerics_alone(whi
         assert hooked == 0 and calls == []
 
 
-def test_release_memory_default_follows_the_precision(tmp_path, tiny_roberta, cls_data, cli):
-    """On by default in fp32 (activations twice the size), off under bf16 autocast (docs/benchmarks.md: there it
-    costs about a fifth of the speed and LoRA's peak is within the goal without it); --set decides otherwise. The
-    run folder's config records the resolved choice."""
+def test_release_memory_is_off_unless_asked_for(tmp_path, tiny_roberta, cls_data, cli):
+    """Off by default in every precision (docs/benchmarks.md: with masks held as bits and LoRA's input held once,
+    LoRA's peak is within the goal without it, which cost 5-6% of fp32 speed); --set turns it on. The run folder's
+    config records the resolved choice."""
     import yaml
 
     from lorafit.training import resolve_release_memory
 
-    assert resolve_release_memory(None, "fp32") and not resolve_release_memory(None, "bf16")
-    assert not resolve_release_memory(None, "fp16")
+    assert not any(resolve_release_memory(None, p) for p in ("fp32", "bf16", "fp16"))
     assert resolve_release_memory(True, "bf16") and not resolve_release_memory(False, "fp32")
-    for name, extra, want in [("auto", [], True), ("off", ["--set", "release_memory=false"], False)]:
+    for name, extra, want in [("auto", [], False), ("on", ["--set", "release_memory=true"], True)]:
         out = tmp_path / name
         res = cli("train", "--model", tiny_roberta, "--train-file", cls_data["train"], "--output-dir", out,
                   "--max-steps", "2", "--precision", "fp32", *extra)
@@ -354,16 +371,15 @@ def test_fused_lora_forward_matches_peft_with_the_same_masks(tiny_roberta, monke
     ids, labels = torch.randint(5, 100, (4, 9)), torch.tensor([0, 1, 2, 1])
     unscaled: list[float] = []
 
-    real = speedups._Dropout
+    real = speedups._LoraPath
 
     class Spy(real):
         @staticmethod
-        def forward(ctx, x, p, scale):
-            if scale == 1.0:
-                unscaled.append(p)
-            return real.forward(ctx, x, p, scale)
+        def forward(ctx, x, a, b, p):
+            unscaled.append(p)
+            return real.forward(ctx, x, a, b, p)
 
-    monkeypatch.setattr(speedups, "_Dropout", Spy)
+    monkeypatch.setattr(speedups, "_LoraPath", Spy)
     with speedups.training_speedups(model, fast_dropout=True) as info:
         speedups_loss, speedups_grads = _step(model, ids, labels)
     assert unscaled == [0.3] * 4  # the fused path ran: each LoRA input masked without its 1/(1-p)
@@ -395,6 +411,49 @@ def test_fused_lora_forward_matches_peft_with_the_same_masks(tiny_roberta, monke
         ref = model(input_ids=ids).logits
         with speedups.fused_lora(model):
             assert torch.equal(model(input_ids=ids).logits, ref)
+
+
+def _held_bytes(model, ids, labels) -> tuple[int, set]:
+    """Bytes of the distinct non-parameter tensors autograd holds for backward after one forward pass, and their
+    dtypes."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    held: dict[int, torch.Tensor] = {}
+
+    def keep(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            held[ptr] = t
+        return t
+
+    torch.manual_seed(5)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = model(input_ids=ids, labels=labels).loss
+    assert loss.requires_grad
+    return sum(t.untyped_storage().nbytes() for t in held.values()), {t.dtype for t in held.values()}
+
+
+@pytest.mark.parametrize("which", ["tiny_roberta", "tiny_bert"])
+def test_fused_lora_holds_one_input_per_layer_for_backward(which, request, monkeypatch):
+    """With LoRA dropout, query's and value's adapters hold their shared input once (and the masks as bits) instead
+    of one masked copy each: one hidden-state tensor per layer less for backward, no boolean masks held."""
+    model = _lora_classifier(request.getfixturevalue(which), "sdpa").train()
+    for layer in [m for m in model.modules() if hasattr(m, "lora_dropout")]:
+        layer.lora_dropout["default"] = nn.Dropout(0.3)
+    layers = len(speedups.encoder_layers(model))
+    ids, labels = torch.randint(5, 100, (4, 9)), torch.tensor([0, 1, 2, 1])
+    hidden = model.get_base_model().config.hidden_size
+    with speedups.training_speedups(model) as info:
+        assert info["lora_layers"] == 2 * layers
+        fused, dtypes = _held_bytes(model, ids, labels)
+    assert torch.bool not in dtypes
+    with monkeypatch.context() as patch:
+        patch.setattr(speedups, "fused_lora", lambda model: nullcontext(0))
+        with speedups.training_speedups(model):
+            reference, _ = _held_bytes(model, ids, labels)
+    one_copy = ids.numel() * hidden * 4  # one fp32 hidden-state tensor
+    # the first layer's input needs no gradient, so PEFT's dropout holds no mask there and the fused path two
+    first_layer_bits = 2 * ((ids.numel() * hidden + 7) // 8)
+    assert reference - fused == layers * one_copy - first_layer_bits, (reference, fused)
 
 
 @pytest.mark.parametrize("which", ["tiny_roberta", "tiny_bert"])

@@ -111,9 +111,9 @@ class Config:
                                 "the one token the head reads (same logits and gradients, ~7% fewer FLOPs); "
                                 "false: the whole last layer.")
     release_memory: bool | None = _f(None, "CPU training: hand freed memory back to the OS after every third encoder "
-                                     "layer, forward and backward (glibc malloc_trim; same numerics, 20-33% lower "
-                                     "peak RSS, 2-10% slower). Default: on in fp32, off under "
-                                     "bf16 autocast (activations half the size); true / false: always / never.")
+                                     "layer, forward and backward (glibc malloc_trim; same numerics, about 10% lower "
+                                     "peak RSS, 3-6% slower). Default: off (LoRA's peak is within 0.65x of full "
+                                     "fine-tuning's without it); true / false: always / never.")
     micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
                                         "parts, gradients summed before the one optimizer step (same update, less "
                                         "memory). Default: 2048 on CPU, whole batches on GPU; 0: never split.")

@@ -310,8 +310,8 @@ def run_training(trainer: Any, out: Path, resume: bool | str, cfg: Config, allow
     On CPU the speed-ups in lorafit.speedups apply: cheaper dropout masks (unless cfg.fast_dropout is off) and,
     under bf16 autocast, frozen Linear weights stored in bf16 (bit-identical matmuls). Those weights stay bf16, so
     the run is then scored in bf16 too. On every device, a BERT-family sequence classifier runs its last layer for
-    the first token only (unless cfg.first_token_only is off). On CPU freed memory goes back to the OS after each
-    encoder layer (unless cfg.release_memory is off)."""
+    the first token only (unless cfg.first_token_only is off). On CPU, with cfg.release_memory on, freed memory goes
+    back to the OS after every third encoder layer."""
     from lorafit import speedups
 
     checkpoint = find_checkpoint(out, resume) if resume else None

@@ -103,13 +103,14 @@ def resolve_micro_batch_tokens(requested: int | None) -> int:
 def resolve_release_memory(requested: bool | None, precision: str) -> bool:
     """Whether CPU training hands freed memory back to the OS between layers (lorafit.speedups.release_memory).
 
-    Measured on the benchmark CPU (docs/benchmarks.md, roberta-base, batch 32): in fp32 it takes LoRA's peak RSS
-    from 0.76x to 0.63x full fine-tuning's at about 0.9x the speed; under bf16 autocast LoRA's activations are half
-    the size and its peak is 0.57x without it, so the page faults of re-using returned memory would buy nothing the
-    goal needs. So by default: on in fp32, off in bf16 (and fp16, GPU only: nothing to release there)."""
+    Off unless asked for. Measured on the benchmark CPUs (docs/benchmarks.md, roberta-base, batch 32): since dropout
+    holds its masks as bits and LoRA its input once per layer, LoRA's peak RSS without it is 0.61x full
+    fine-tuning's in fp32 (the goal: <= 0.65x) and lower under bf16, while in fp32 it cost 5-6% of training speed
+    (page faults of re-using returned memory). ``precision`` is kept for the record: the choice was per precision
+    (on in fp32) until then."""
     if requested is not None:
         return bool(requested)
-    return precision == "fp32"
+    return False
 
 
 def resolve_run(cfg: Any, precision: str, model_path: str) -> None:
