@@ -51,9 +51,9 @@ def test_dropout_forward_backward_and_eval():
     assert torch.equal(a, speedups.drop_mask((1000,), 0.1))
 
 
-def test_masks_are_held_as_bits():
-    """What dropout holds for backward is its mask packed eight to a byte, and unpacking gives the mask back, for any
-    element count (not only multiples of 8)."""
+def test_masks_are_held_as_bits_in_fp32():
+    """What dropout holds for backward in fp32 is its mask packed eight to a byte, and unpacking gives the mask back,
+    for any element count (not only multiples of 8); under bf16 autocast it holds the mask's bytes."""
     torch.manual_seed(3)
     for shape in [(1,), (7,), (8,), (3, 5, 11), (64, 300)]:
         keep = speedups.keep_mask(shape, 0.3)
@@ -65,6 +65,14 @@ def test_masks_are_held_as_bits():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
         y = speedups.dropout(x, 0.25, True)
     assert [(t.dtype, t.numel()) for t in held] == [(torch.uint8, 30)]  # 240 mask elements in 30 bytes
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (y != 0).float() / 0.75)
+    held.clear()  # under bf16 autocast (activations half the size) the mask stays bytes: no packing to pay for
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
+        y = speedups.dropout(x, 0.25, True)
+    assert [(t.dtype, t.numel()) for t in held] == [(torch.bool, 240)]
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad, (y != 0).float() / 0.75)
 

@@ -3,7 +3,7 @@
 Measured on the benchmark CPU (docs/benchmarks.md): drawing dropout masks with ``bernoulli_`` took about a third
 of a bf16 LoRA training step, as long as all the matrix multiplications. Here a mask costs one 64-bit word per
 four elements (16 random bits each, compared with a threshold), from a PCG64 stream that a 128-bit seed drawn
-from torch's generator starts, and backward reuses the saved boolean mask. Dropout stays dropout: same p (to
+from torch's generator starts, and backward reuses the saved mask. Dropout stays dropout: same p (to
 1/65536), same 1/(1-p) scaling, every draw rooted in torch's generator (so seeding and the Trainer's exact resume
 still hold); only the random stream differs.
 
@@ -20,6 +20,10 @@ bf16 gives bit-identical matmuls without the casts, and halves their memory. Tra
 
 Everything is applied for the duration of training only (``training_speedups``) and undone afterwards, except
 the bf16 weights, which the caller keeps for bf16 scoring (the values autocast would use anyway).
+
+In fp32 training (``hold_less``: autocast off) dropout holds its masks for backward as bits, and PEFT's LoRA layers
+run ``_LoraPath``, which holds the layer input once for query's and value's adapters instead of a masked copy each:
+LoRA's peak RSS within the memory goal without handing memory back to the OS (which cost 5-6% of fp32 speed).
 
 On any device, ``first_token_only`` runs the last encoder layer of a BERT-family sequence classifier for the
 first token alone: the head reads nothing else (RoBERTa's head takes ``features[:, 0]``, BERT's pooler
@@ -80,13 +84,31 @@ _PCG_INC = 0x5851F42D4C957F2D14057B7EF767814F  # a fixed odd increment: one PCG6
 
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     """A boolean mask as bits (numpy's packbits, 0.05 ms for 1.57M elements on the benchmark CPU): what dropout holds
-    for backward, 1/8 of the mask's bytes."""
+    for backward in fp32 training, 1/8 of the mask's bytes."""
     return torch.from_numpy(np.packbits(keep.numpy().reshape(-1)))
 
 
 def unpack_mask(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """The boolean mask of ``shape`` that ``pack_mask`` packed."""
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=math.prod(shape)).view(np.bool_)).view(shape)
+
+
+def hold_less() -> bool:
+    """Whether dropout holds its masks as bits and LoRA its input once per layer (``_LoraPath``): in fp32 training,
+    where activations are twice the size and this keeps LoRA's peak within the goal without the memory release. Under
+    CPU autocast (bf16) the masks stay bytes: there the packing and the recomputed masked input cost 2% of a step
+    (measured, docs/benchmarks.md) and LoRA's peak is well within the goal without them."""
+    return not torch.is_autocast_enabled("cpu")
+
+
+def _hold(ctx: Any, keep: torch.Tensor) -> torch.Tensor:
+    """What a dropout's ctx saves of its mask: the bits (``hold_less``) or the mask itself."""
+    ctx.mask_shape = keep.shape if hold_less() else None
+    return pack_mask(keep) if ctx.mask_shape is not None else keep
+
+
+def _held(ctx: Any, saved: torch.Tensor) -> torch.Tensor:
+    return unpack_mask(saved, ctx.mask_shape) if ctx.mask_shape is not None else saved
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
@@ -105,14 +127,14 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float, scale: float) -> torch.Tensor:  # type: ignore[override]
         keep = keep_mask(x.shape, p)
-        ctx.save_for_backward(pack_mask(keep))
-        ctx.shape, ctx.scale = keep.shape, scale
+        ctx.save_for_backward(_hold(ctx, keep))
+        ctx.scale = scale
         return _apply(x, keep, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        (bits,) = ctx.saved_tensors
-        return _apply(grad, unpack_mask(bits, ctx.shape), ctx.scale), None, None
+        (saved,) = ctx.saved_tensors
+        return _apply(grad, _held(ctx, saved), ctx.scale), None, None
 
 
 class _AttentionCore(torch.autograd.Function):
@@ -125,13 +147,13 @@ class _AttentionCore(torch.autograd.Function):
         probs = torch.softmax(scores, dim=-1)
         keep = keep_mask(probs.shape, p)
         ctx.scale = 1.0 / (1.0 - p)
-        ctx.save_for_backward(probs, pack_mask(keep), v)
+        ctx.save_for_backward(probs, _hold(ctx, keep), v)
         return torch.matmul(_apply(probs, keep, ctx.scale), v)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
-        probs, bits, v = ctx.saved_tensors
-        keep = unpack_mask(bits, probs.shape)
+        probs, saved, v = ctx.saved_tensors
+        keep = _held(ctx, saved)
         grad_v = torch.matmul(_apply(probs, keep, ctx.scale).transpose(-1, -2), grad)
         grad_probs = _apply(torch.matmul(grad, v.transpose(-1, -2)), keep, ctx.scale)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
@@ -240,8 +262,8 @@ def lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     """PEFT's LoRA ``Linear.forward`` for one plain adapter on CPU, in fewer element-wise passes over the
     activations: ``base(x) + B(A(dropout(x))) * s`` becomes ``base(x) + B(A(x * keep)) * (s / (1 - p))``, the
     dropout's 1/(1-p) folded into the LoRA scaling (A and B are linear and bias-free) and the scaled add one
-    ``add(alpha=)``; with dropout, ``_LoraPath`` holds the unmasked input (shared by the layer's adapters) and the
-    mask's bits for backward. Same mask draws, same values up to float rounding. Under autocast the input is not
+    ``add(alpha=)``; with dropout in fp32, ``_LoraPath`` holds the unmasked input (shared by the layer's adapters)
+    and the mask's bits for backward. Same mask draws, same values up to float rounding. Under autocast the input is not
     first cast to the adapter's fp32 (PEFT's cast, which autocast undoes). Anything else (several or disabled
     adapters, DoRA and other variants, a LoRA bias, merged weights, extra arguments, other devices) runs PEFT's own
     forward."""
@@ -256,16 +278,16 @@ def lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         return type(self).forward(self, x)
     result = self.base_layer(x)
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-    autocast = torch.is_autocast_enabled("cpu")
-    if not autocast:
+    if not torch.is_autocast_enabled("cpu"):
         x = self._cast_input_dtype(x, lora_a.weight.dtype)
     scale = self.scaling[name]
-    if p == 0:
-        return torch.add(result, lora_b(lora_a(x)), alpha=scale).to(result.dtype)
-    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-    with torch.autocast("cpu", enabled=False):  # autocast's casts, made here (the shared input cast: a no-op)
-        y = _LoraPath.apply(x.to(dtype), lora_a.weight.to(dtype), lora_b.weight.to(dtype), p)
-    return torch.add(result, y, alpha=scale / (1.0 - p)).to(result.dtype)
+    if p > 0 and hold_less():  # fp32 (autocast off): the input held once, the masked copy recomputed in backward
+        y = _LoraPath.apply(x, lora_a.weight, lora_b.weight, p)
+        return torch.add(result, y, alpha=scale / (1.0 - p)).to(result.dtype)
+    if p > 0:
+        x = _Dropout.apply(x, p, 1.0)
+        scale = scale / (1.0 - p)
+    return torch.add(result, lora_b(lora_a(x)), alpha=scale).to(result.dtype)
 
 
 @contextmanager
