@@ -21,9 +21,10 @@ bf16 gives bit-identical matmuls without the casts, and halves their memory. Tra
 Everything is applied for the duration of training only (``training_speedups``) and undone afterwards, except
 the bf16 weights, which the caller keeps for bf16 scoring (the values autocast would use anyway).
 
-In fp32 training (``hold_less``: autocast off) dropout holds its masks for backward as bits, and PEFT's LoRA layers
-run ``_LoraPath``, which holds the layer input once for query's and value's adapters instead of a masked copy each:
-LoRA's peak RSS within the memory goal without handing memory back to the OS (which cost 5-6% of fp32 speed).
+In fp32 training (``hold_less``: fp32 tensors, autocast off) dropout holds its masks for backward as bits, and
+PEFT's LoRA layers run ``_LoraPath``, which holds the layer input once for query's and value's adapters instead of a
+masked copy each: LoRA's peak RSS within the memory goal without handing memory back to the OS (which cost 5-6% of
+fp32 speed).
 
 On any device, ``first_token_only`` runs the last encoder layer of a BERT-family sequence classifier for the
 first token alone: the head reads nothing else (RoBERTa's head takes ``features[:, 0]``, BERT's pooler
@@ -93,17 +94,18 @@ def unpack_mask(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torc
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=math.prod(shape)).view(np.bool_)).view(shape)
 
 
-def hold_less() -> bool:
-    """Whether dropout holds its masks as bits and LoRA its input once per layer (``_LoraPath``): in fp32 training,
-    where activations are twice the size and this keeps LoRA's peak within the goal without the memory release. Under
-    CPU autocast (bf16) the masks stay bytes: there the packing and the recomputed masked input cost 2% of a step
-    (measured, docs/benchmarks.md) and LoRA's peak is well within the goal without them."""
-    return not torch.is_autocast_enabled("cpu")
+def hold_less(x: torch.Tensor) -> bool:
+    """Whether dropout on ``x`` holds its mask as bits and LoRA its input once per layer (``_LoraPath``): in fp32
+    training (an fp32 tensor, autocast off), where activations are twice the size and this keeps LoRA's peak within
+    the goal without the memory release. In bf16 training the masks stay bytes: there the packing and the
+    recomputed masked input cost 2% of a step (measured, docs/benchmarks.md) and LoRA's peak is well within the goal
+    without them."""
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
-def _hold(ctx: Any, keep: torch.Tensor) -> torch.Tensor:
-    """What a dropout's ctx saves of its mask: the bits (``hold_less``) or the mask itself."""
-    ctx.mask_shape = keep.shape if hold_less() else None
+def _hold(ctx: Any, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """What a dropout's ctx saves of its mask on ``x``: the bits (``hold_less``) or the mask itself."""
+    ctx.mask_shape = keep.shape if hold_less(x) else None
     return pack_mask(keep) if ctx.mask_shape is not None else keep
 
 
@@ -127,7 +129,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float, scale: float) -> torch.Tensor:  # type: ignore[override]
         keep = keep_mask(x.shape, p)
-        ctx.save_for_backward(_hold(ctx, keep))
+        ctx.save_for_backward(_hold(ctx, x, keep))
         ctx.scale = scale
         return _apply(x, keep, scale)
 
@@ -147,7 +149,7 @@ class _AttentionCore(torch.autograd.Function):
         probs = torch.softmax(scores, dim=-1)
         keep = keep_mask(probs.shape, p)
         ctx.scale = 1.0 / (1.0 - p)
-        ctx.save_for_backward(probs, _hold(ctx, keep), v)
+        ctx.save_for_backward(probs, _hold(ctx, probs, keep), v)
         return torch.matmul(_apply(probs, keep, ctx.scale), v)
 
     @staticmethod
@@ -281,7 +283,7 @@ def lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     if not torch.is_autocast_enabled("cpu"):
         x = self._cast_input_dtype(x, lora_a.weight.dtype)
     scale = self.scaling[name]
-    if p > 0 and hold_less():  # fp32 (autocast off): the input held once, the masked copy recomputed in backward
+    if p > 0 and hold_less(x):  # fp32 (autocast off): the input held once, the masked copy recomputed in backward
         y = _LoraPath.apply(x, lora_a.weight, lora_b.weight, p)
         return torch.add(result, y, alpha=scale / (1.0 - p)).to(result.dtype)
     if p > 0:

@@ -1,7 +1,8 @@
 """Paired A/B(/C) of lorafit train variants in lockstep: python ab.py ROUNDS WARM STEPS PREC name=JSON ..."""
 import sys, json, statistics
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))  # the project's benchmarks/
 from pathlib import Path
+import tempfile
 import harness as h
 import train_throughput as tt
 def worker(spec):
@@ -15,8 +16,8 @@ def main():
     variants = {}
     for a in sys.argv[5:]:
         name, js = a.split("=", 1); variants[name] = json.loads(js)
-    work = Path("/tmp/ab/work"); work.mkdir(exist_ok=True)
-    model = h.roberta_folder(Path("/tmp/prof/rb"))
+    work = Path(tempfile.gettempdir()) / "lorafit-ab"; work.mkdir(exist_ok=True)
+    model = h.roberta_folder(Path(tempfile.gettempdir()) / "lorafit-bench-roberta")
     files = h.rows_files(work, 6400, 0)
     common = {"model": str(model), "files": {k: str(v) for k, v in files.items()}, "steps": steps, "warmup": warm,
               "threads": 2, "kind": "lorafit", "precision": prec}

@@ -1,12 +1,15 @@
 """What autograd saves in one LoRA forward pass (roberta-base, batch 32 x 64 tokens), by op, deduped by storage."""
 import sys, collections, torch
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))  # the project's benchmarks/
 from pathlib import Path
+import tempfile
+import harness as h
 from transformers import AutoModelForSequenceClassification
+MODEL = h.roberta_folder(Path(tempfile.gettempdir()) / "lorafit-bench-roberta")  # roberta-base architecture, random weights
 from peft import LoraConfig, get_peft_model
 from lorafit import speedups
 prec = sys.argv[1]
-model = AutoModelForSequenceClassification.from_pretrained("/tmp/prof/rb", num_labels=4)
+model = AutoModelForSequenceClassification.from_pretrained(str(MODEL), num_labels=4)
 model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"))
 model.train()
 if prec == "bf16":
