@@ -103,11 +103,11 @@ def resolve_micro_batch_tokens(requested: int | None) -> int:
 def resolve_release_memory(requested: bool | None, precision: str) -> bool:
     """Whether CPU training hands freed memory back to the OS between layers (lorafit.speedups.release_memory).
 
-    Off unless asked for. Measured on the benchmark CPUs (docs/benchmarks.md, roberta-base, batch 32): since dropout
-    holds its masks as bits and LoRA its input once per layer, LoRA's peak RSS without it is 0.61x full
-    fine-tuning's in fp32 (the goal: <= 0.65x) and lower under bf16, while in fp32 it cost 5-6% of training speed
-    (page faults of re-using returned memory). ``precision`` is kept for the record: the choice was per precision
-    (on in fp32) until then."""
+    Off unless asked for. Measured on the benchmark CPUs (docs/benchmarks.md, roberta-base, batch 32): since fp32
+    training holds its dropout masks as bits and LoRA's input once per layer, LoRA's peak RSS without it is 0.61x
+    full fine-tuning's in fp32 (the goal: <= 0.65x; 0.52x under bf16), while in fp32 it cost 5-6% of training speed
+    (page faults of re-using returned memory). ``precision`` no longer changes the default (until 2026-12-07 it
+    was on in fp32)."""
     if requested is not None:
         return bool(requested)
     return False
