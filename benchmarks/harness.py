@@ -224,7 +224,7 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
     ``speedups``: with lorafit's training speed-ups as `lorafit train` applies them: its Trainer (micro-batches
     of at most lorafit's default token budget, the loss normalised over the step), the last layer for the first
     token only, and on CPU the cheaper dropout masks (and bf16 frozen weights under bf16) and the per-layer memory
-    release (``release_memory``; None: lorafit's default for the precision, on in fp32 and off in bf16)."""
+    release (``release_memory``; None: lorafit's default, off)."""
     from contextlib import ExitStack
 
     import torch
@@ -278,7 +278,7 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
             context.enter_context(sp.first_token_only(model))
             from lorafit.training import resolve_release_memory
 
-            release = resolve_release_memory(release_memory, "bf16" if bf16 else "fp32")
+            release = resolve_release_memory(release_memory)
             context.enter_context(sp.release_memory(model, release))
         trainer.train()
     return rec

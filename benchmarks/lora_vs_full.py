@@ -10,7 +10,7 @@ peak into what was there before the first step and what training added (activati
 state). Both see the same batches in the same order. lorafit's default batch (32), the seeds' batch (16) and a
 small batch (8) where activations weigh less; at batch 32 also LoRA with gradient checkpointing (an option, not
 a default: it recomputes each layer's forward pass in backward). Both runs use lorafit's default per-layer memory
-release for the precision (glibc malloc_trim: on in fp32, off in bf16); ``--flip-release`` adds, at the first
+release (glibc malloc_trim: off; on in fp32 until 2026-12-07); ``--flip-release`` adds, at the first
 batch, LoRA and full fine-tuning with it switched the other way: its effect on peak RSS and speed.
 
     python benchmarks/lora_vs_full.py                # batches 32, 16, 8; 2 + 10 steps per run (~5 minutes)
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--no-checkpointing", action="store_true", help="skip the LoRA + gradient checkpointing runs")
     ap.add_argument("--flip-release", action="store_true",
                     help="also run LoRA and full fine-tuning at the first batch with lorafit's per-layer memory "
-                         "release switched the other way from its default for the precision")
+                         "release switched the other way from its default")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 autocast where the CPU has bf16, as lorafit's default (else fp32)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (seconds; for the smoke test)")
@@ -72,7 +72,7 @@ def main() -> None:
               f"{a.warmup} warm-up + {a.steps} timed steps\n", flush=True)
         from lorafit.training import resolve_release_memory
 
-        default = resolve_release_memory(None, "bf16" if bf16 else "fp32")
+        default = resolve_release_memory(None)
         flipped = f", memory release {'off' if default else 'on'}"
         runs: dict[int, dict[str, Any]] = {}
         pair = [(LORA, True, False, None), (FULL, False, False, None)]

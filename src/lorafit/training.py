@@ -100,14 +100,13 @@ def resolve_micro_batch_tokens(requested: int | None) -> int:
     return 0 if torch.cuda.is_available() else CPU_MICRO_BATCH_TOKENS
 
 
-def resolve_release_memory(requested: bool | None, precision: str) -> bool:
+def resolve_release_memory(requested: bool | None) -> bool:
     """Whether CPU training hands freed memory back to the OS between layers (lorafit.speedups.release_memory).
 
     Off unless asked for. Measured on the benchmark CPUs (docs/benchmarks.md, roberta-base, batch 32): since fp32
     training holds its dropout masks as bits and LoRA's input once per layer, LoRA's peak RSS without it is 0.61x
     full fine-tuning's in fp32 (the goal: <= 0.65x; 0.52x under bf16), while in fp32 it cost 5-6% of training speed
-    (page faults of re-using returned memory). ``precision`` no longer changes the default (until 2026-12-07 it
-    was on in fp32)."""
+    (page faults of re-using returned memory). Until 2026-12-07 the default was on in fp32."""
     if requested is not None:
         return bool(requested)
     return False
@@ -141,7 +140,7 @@ def run_facts(precision_why: str, suggested: int, limit: int, new_modules: list[
 def resolve_speedups(cfg: Config, precision: str) -> None:
     """Write the device- and precision-dependent speed-up defaults into the run's config (None: resolve)."""
     cfg.micro_batch_tokens = resolve_micro_batch_tokens(cfg.micro_batch_tokens)
-    cfg.release_memory = resolve_release_memory(cfg.release_memory, precision)
+    cfg.release_memory = resolve_release_memory(cfg.release_memory)
 
 
 # ---- config resolution -------------------------------------------------------------------------------------
