@@ -3,6 +3,8 @@ frozen weights give the same matmuls as autocast, and a training run goes throug
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from contextlib import nullcontext
 
 import pytest
@@ -26,6 +28,56 @@ def test_drop_mask_rate_and_independence():
     assert not speedups.drop_mask((1000,), 0.0).any()
 
 
+
+def test_large_masks_draw_two_streams_whatever_the_thread_count():
+    """A mask of SPLIT_WORDS words and more is drawn in two halves, on two threads where torch has two: the same
+    mask for the same seed with one thread or two (what exact resume and reproducibility rely on), and the halves
+    are independent draws at the right rate, not one stream twice."""
+    shape = (300, 1000)
+    n = 300 * 1000
+    assert (n + 3) // 4 >= speedups.SPLIT_WORDS
+    threads = torch.get_num_threads()
+    masks = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            torch.manual_seed(5)
+            masks.append(speedups.keep_mask(shape, 0.1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1])
+    flat = masks[0].flatten().float()
+    cut = ((n + 3) // 4 + 1) // 2 * 4
+    first, second = flat[:cut], flat[cut:]
+    for half in (first, second):
+        assert abs(half.mean().item() - 0.9) < 0.004  # 150k draws: sd 0.0008
+    k = min(len(first), len(second))
+    assert abs((first[:k] * second[:k]).mean().item() - 0.81) < 0.006
+    torch.manual_seed(5)
+    assert not torch.equal(speedups.keep_mask(shape, 0.1), speedups.keep_mask(shape, 0.1))  # the stream moves on
+
+
+def _draw_large_mask() -> None:
+    torch.set_num_threads(2)
+    speedups.keep_mask((300, 1000), 0.1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_draws_large_masks():
+    """The helper thread does not survive a fork: a child that drew with the parent's (stale) executor would wait
+    forever, so it starts its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        speedups.keep_mask((300, 1000), 0.1)  # the parent's helper thread exists now
+    finally:
+        torch.set_num_threads(threads)
+    child = multiprocessing.get_context("fork").Process(target=_draw_large_mask)
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
 
 def test_dropout_forward_backward_and_eval():
     torch.manual_seed(1)
