@@ -5,7 +5,8 @@ of a bf16 LoRA training step, as long as all the matrix multiplications. Here a 
 four elements (16 random bits each, compared with a threshold), from a PCG64 stream that a 128-bit seed drawn
 from torch's generator starts, and backward reuses the saved mask. Dropout stays dropout: same p (to
 1/65536), same 1/(1-p) scaling, every draw rooted in torch's generator (so seeding and the Trainer's exact resume
-still hold); only the random stream differs.
+still hold); only the random stream differs. Masks of 65,536 elements and more are drawn in two halves from two
+streams, the second on a helper thread: the same mask for a seed whatever the thread count.
 
 In attention, ``softmax -> dropout -> @ v`` is one autograd function that keeps the probabilities and the mask
 but recomputes the dropped probabilities in backward (2 bytes less per attention weight held for backward).
