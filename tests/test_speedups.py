@@ -28,7 +28,6 @@ def test_drop_mask_rate_and_independence():
     assert not speedups.drop_mask((1000,), 0.0).any()
 
 
-
 def test_large_masks_draw_two_streams_whatever_the_thread_count():
     """A mask of SPLIT_WORDS words and more is drawn in two halves, on two threads where torch has two: the same
     mask for the same seed with one thread or two (what exact resume and reproducibility rely on), and the halves
@@ -78,6 +77,7 @@ def test_a_forked_child_draws_large_masks():
     if child.is_alive():
         child.kill()
     assert child.exitcode == 0
+
 
 def test_dropout_forward_backward_and_eval():
     torch.manual_seed(1)
