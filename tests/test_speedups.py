@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from lorafit import speedups
+from lorafit import masks, speedups
 
 
 def test_drop_mask_rate_and_independence():
     torch.manual_seed(0)
-    m = speedups.drop_mask((400, 1000), 0.1)
+    m = masks.drop_mask((400, 1000), 0.1)
     assert m.dtype == torch.bool and m.shape == (400, 1000)
     rate = m.float().mean().item()
     assert abs(rate - 0.1) < 0.003  # 400k draws: sd 0.0005
@@ -24,8 +24,8 @@ def test_drop_mask_rate_and_independence():
     flat = m.flatten().float()
     both = (flat[:-1] * flat[1:]).mean().item()
     assert abs(both - rate * rate) < 0.002
-    assert abs(speedups.drop_mask((100_000,), 0.5).float().mean().item() - 0.5) < 0.01
-    assert not speedups.drop_mask((1000,), 0.0).any()
+    assert abs(masks.drop_mask((100_000,), 0.5).float().mean().item() - 0.5) < 0.01
+    assert not masks.drop_mask((1000,), 0.0).any()
 
 
 def test_large_masks_draw_two_streams_whatever_the_thread_count():
@@ -34,18 +34,18 @@ def test_large_masks_draw_two_streams_whatever_the_thread_count():
     are independent draws at the right rate, not one stream twice."""
     shape = (300, 1000)
     n = 300 * 1000
-    assert (n + 3) // 4 >= speedups.SPLIT_WORDS
+    assert (n + 3) // 4 >= masks.SPLIT_WORDS
     threads = torch.get_num_threads()
-    masks = []
+    drawn = []
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
             torch.manual_seed(5)
-            masks.append(speedups.keep_mask(shape, 0.1))
+            drawn.append(masks.keep_mask(shape, 0.1))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(masks[0], masks[1])
-    flat = masks[0].flatten().float()
+    assert torch.equal(drawn[0], drawn[1])
+    flat = drawn[0].flatten().float()
     cut = ((n + 3) // 4 + 1) // 2 * 4
     first, second = flat[:cut], flat[cut:]
     for half in (first, second):
@@ -53,12 +53,12 @@ def test_large_masks_draw_two_streams_whatever_the_thread_count():
     k = min(len(first), len(second))
     assert abs((first[:k] * second[:k]).mean().item() - 0.81) < 0.006
     torch.manual_seed(5)
-    assert not torch.equal(speedups.keep_mask(shape, 0.1), speedups.keep_mask(shape, 0.1))  # the stream moves on
+    assert not torch.equal(masks.keep_mask(shape, 0.1), masks.keep_mask(shape, 0.1))  # the stream moves on
 
 
 def _draw_large_mask() -> None:
     torch.set_num_threads(2)
-    speedups.keep_mask((300, 1000), 0.1)
+    masks.keep_mask((300, 1000), 0.1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
@@ -68,7 +68,7 @@ def test_a_forked_child_draws_large_masks():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        speedups.keep_mask((300, 1000), 0.1)  # the parent's helper thread exists now
+        masks.keep_mask((300, 1000), 0.1)  # the parent's helper thread exists now
     finally:
         torch.set_num_threads(threads)
     child = multiprocessing.get_context("fork").Process(target=_draw_large_mask)
@@ -89,7 +89,7 @@ def test_dropout_forward_backward_and_eval():
     y.sum().backward()
     assert torch.allclose(x.grad, kept.float() / 0.8)
     # the keep mask's bytes as a factor give exactly what masked_fill gives, in every float dtype
-    keep = speedups.keep_mask((64, 300), 0.3)
+    keep = masks.keep_mask((64, 300), 0.3)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         z = torch.randn(64, 300).to(dtype)
         want = z.mul(1 / 0.7).masked_fill_(~keep, 0)
@@ -98,9 +98,9 @@ def test_dropout_forward_backward_and_eval():
     assert torch.equal(layer(x), x)
     # the stream follows torch's generator: same seed, same mask (what exact resume relies on)
     torch.manual_seed(7)
-    a = speedups.drop_mask((1000,), 0.1)
+    a = masks.drop_mask((1000,), 0.1)
     torch.manual_seed(7)
-    assert torch.equal(a, speedups.drop_mask((1000,), 0.1))
+    assert torch.equal(a, masks.drop_mask((1000,), 0.1))
 
 
 def test_masks_are_held_as_bits_in_fp32():
@@ -108,10 +108,10 @@ def test_masks_are_held_as_bits_in_fp32():
     for any element count (not only multiples of 8); under bf16 autocast it holds the mask's bytes."""
     torch.manual_seed(3)
     for shape in [(1,), (7,), (8,), (3, 5, 11), (64, 300)]:
-        keep = speedups.keep_mask(shape, 0.3)
-        bits = speedups.pack_mask(keep)
+        keep = masks.keep_mask(shape, 0.3)
+        bits = masks.pack_mask(keep)
         assert bits.dtype == torch.uint8 and bits.numel() == (keep.numel() + 7) // 8
-        assert torch.equal(speedups.unpack_mask(bits, shape), keep)
+        assert torch.equal(masks.unpack_mask(bits, shape), keep)
     x = torch.randn(4, 6, 10, requires_grad=True)
     held: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
