@@ -1,66 +1,61 @@
-"""Copy of ../2026-12-07c-amd-zen4/profile_steps.py with attachable observers, set by environment variables:
-PERFOUT=FILE (perf record -F 1999 -g over the timed steps), STRACE=FILE (strace of memory syscalls), MALLOPT=
-mmap=N,trim=N (glibc mallopt before training); prints `STEP n shape` before each training step (for
-ONEDNN_VERBOSE=profile_create logs). Set THP_MEM_ALLOC_ENABLE=1 to match the `lorafit` command (this script
-imports torch before the command sets it).
-
-Time (and with --prof, profile) lorafit's training steps START..STOP in-process: python steps.py START STOP
-[--prof] [lorafit train flags]. Prints user/sys CPU, minor faults, samples/s and the time spent in keep_mask;
-with --prof writes table.txt and shapes_table.txt (torch.profiler, ops by self CPU time) next to this file."""
-import sys, time, resource
+"""../2026-12-07c-amd-zen4/profile_steps.py (python steps.py START STOP [--prof] [lorafit train flags]: times lorafit's
+training steps START..STOP in-process) with observers switched on by environment variables:
+PERFOUT=FILE (perf record -F 1999 -g over the timed steps), STRACE=FILE (strace of memory syscalls over them),
+MALLOPT=mmap=N,trim=N (glibc mallopt before training); prints `STEP n shape` before each training step (for
+ONEDNN_VERBOSE=profile_create logs). START must be at least 1: the observer attaches after step START-1, outside the
+timed window. Set THP_MEM_ALLOC_ENABLE=1 to match the `lorafit` command (profile_steps.py imports torch before the
+command would set it)."""
+import ctypes
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2] / "benchmarks"))
-import harness as h
-import torch
+
 from transformers import Trainer
-exec((HERE.parent / '2026-12-07c-amd-zen4' / 'profile_keep_mask.py').read_text())
-torch.set_num_threads(2)
-import os as _o, ctypes as _c
-if _o.environ.get("MALLOPT"):
-    _libc = _c.CDLL("libc.so.6")
-    for kv in _o.environ["MALLOPT"].split(","):
-        k, v = kv.split("=")
-        r = _libc.mallopt({"trim": -1, "top_pad": -2, "mmap": -3, "mmap_max": -4, "arena_max": -8}[k], int(v))
-        print("mallopt", k, v, "->", r)
-import os; work = Path(os.environ.get("WORK", "/tmp/lorafit-profile")); work.mkdir(exist_ok=True)
-model = h.roberta_folder(work / "roberta")
-files = h.rows_files(work, 6400, 64)
+
+PROFILE_STEPS = Path(__file__).resolve().parent.parent / "2026-12-07c-amd-zen4" / "profile_steps.py"
+MALLOPT_PARAMS = {"trim": -1, "top_pad": -2, "mmap": -3, "mmap_max": -4, "arena_max": -8}
 START, STOP = int(sys.argv[1]), int(sys.argv[2])
-extra = sys.argv[3:]
-PROF = "--prof" in sys.argv
-orig = Trainer.training_step
-state = {"n": 0, "prof": None, "t": []}
-def step(self, *a, **kw):
-    n = state["n"]; state["n"] += 1
-    if n == START:
-        acc.update(t=0.0, n=0, rw=0.0)
-        state["ru"] = resource.getrusage(resource.RUSAGE_SELF); state["wall"] = time.perf_counter()
-        import subprocess, os as _os; state["perf"] = subprocess.Popen((["strace", "-f", "-e", "trace=mmap,munmap,mprotect,madvise,brk", "-o", _os.environ["STRACE"], "-p", str(_os.getpid())] if _os.environ.get("STRACE") else ["perf", "record", "-F", "1999", "-g", "-p", str(_os.getpid()), "-o", _os.environ.get("PERFOUT", "/tmp/perf.data")]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if (_os.environ.get("PERFOUT") or _os.environ.get("STRACE")) else None; time.sleep(0.5)
-        state["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) if PROF else None
-        if state["prof"]: state["prof"].__enter__()
-    print(f'STEP {n} {tuple(a[1]["input_ids"].shape)}', flush=True)
-    t = time.perf_counter()
-    out = orig(self, *a, **kw)
-    if START <= n < STOP:
-        state["t"].append((time.perf_counter() - t, a[1]["input_ids"].shape))
-    if n == STOP - 1:
-        if state.get("perf"):
-            import signal; state["perf"].send_signal(signal.SIGINT); state["perf"].wait()
-        if state["prof"]:
-            state["prof"].__exit__(None, None, None)
-            open(HERE / "shapes_table.txt","w").write(state["prof"].key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=100000, max_name_column_width=40, max_shapes_column_width=70)); open(HERE / "table.txt","w").write(state["prof"].key_averages().table(sort_by="self_cpu_time_total", row_limit=50, max_name_column_width=60))
-        open(HERE / "shapes.txt","w").write(str(state["t"]))
-        ru = resource.getrusage(resource.RUSAGE_SELF); r0 = state["ru"]
-        print(f"user {ru.ru_utime-r0.ru_utime:.2f} sys {ru.ru_stime-r0.ru_stime:.2f} minflt {ru.ru_minflt-r0.ru_minflt} wall {time.perf_counter()-state['wall']:.2f}")
-        tot = sum(x for x, _ in state["t"]); toks = sum(s[0]*s[1] for _, s in state["t"])
-        print(f"steps {len(state['t'])} time {tot:.2f}s  {32*len(state['t'])/tot:.2f} samples/s padded tokens/s {toks/tot:.0f}")
-        print(f"keep_mask calls {acc['n']} total {acc['t']:.2f}s random_words {acc['rw']:.2f}s")
-        raise SystemExit(0)
+
+if os.environ.get("MALLOPT"):
+    libc = ctypes.CDLL("libc.so.6")
+    for kv in os.environ["MALLOPT"].split(","):
+        k, v = kv.split("=")
+        print("mallopt", k, v, "->", libc.mallopt(MALLOPT_PARAMS[k], int(v)))
+
+
+def observer() -> list[str] | None:
+    pid = str(os.getpid())
+    if os.environ.get("STRACE"):
+        return ["strace", "-f", "-e", "trace=mmap,munmap,mprotect,madvise,brk", "-o", os.environ["STRACE"], "-p", pid]
+    if os.environ.get("PERFOUT"):
+        return ["perf", "record", "-F", "1999", "-g", "-p", pid, "-o", os.environ["PERFOUT"]]
+    return None
+
+
+real_step = Trainer.training_step
+state = {"n": 0, "proc": None}
+
+
+def observed_step(self, model, inputs, *args, **kwargs):
+    """The real training step, with the observer attached after step START-1 and detached after step STOP-1
+    (profile_steps.py wraps this and times START..STOP around it)."""
+    n = state["n"]
+    state["n"] += 1
+    print(f"STEP {n} {tuple(inputs['input_ids'].shape)}", flush=True)
+    out = real_step(self, model, inputs, *args, **kwargs)
+    command = observer()
+    if n == START - 1 and command:
+        state["proc"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # let it attach
+    if n == STOP - 1 and state["proc"]:
+        state["proc"].send_signal(signal.SIGINT)
+        state["proc"].wait()
     return out
-Trainer.training_step = step
-args = h.lorafit_args(model, files, work / "out", "--set", f"training.max_steps={STOP+2}", *[a for a in extra if a != "--prof"])
-try:
-    h.lorafit_train(args)
-except SystemExit:
-    pass
+
+
+Trainer.training_step = observed_step
+runpy.run_path(str(PROFILE_STEPS), run_name="__main__")
