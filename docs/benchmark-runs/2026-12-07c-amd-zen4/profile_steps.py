@@ -37,7 +37,7 @@ def step(self, *a, **kw):
         ru = resource.getrusage(resource.RUSAGE_SELF); r0 = state["ru"]
         print(f"user {ru.ru_utime-r0.ru_utime:.2f} sys {ru.ru_stime-r0.ru_stime:.2f} minflt {ru.ru_minflt-r0.ru_minflt} wall {time.perf_counter()-state['wall']:.2f}")
         tot = sum(x for x, _ in state["t"]); toks = sum(s[0]*s[1] for _, s in state["t"])
-        print(f"steps {len(state['t'])} time {tot:.2f}s  {32*len(state['t'])/tot:.2f} samples/s padded tokens/s {toks/tot:.0f}")
+        print(f"steps {len(state['t'])} time {tot:.2f}s  {sum(s[0] for _, s in state['t'])/tot:.2f} samples/s padded tokens/s {toks/tot:.0f}")
         print(f"keep_mask calls {acc['n']} total {acc['t']:.2f}s random_words {acc['rw']:.2f}s")
         raise SystemExit(0)
     return out
