@@ -222,9 +222,9 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
     """Plain HF Trainer + PEFT as the public notebooks write it: tokenise (padding to ``pad_to`` when given, else
     dynamic padding by the collator), LoRA r8 alpha16 dropout 0.1 on query,value (or full fine-tuning), Trainer.
     ``speedups``: with lorafit's training speed-ups as `lorafit train` applies them: its Trainer (micro-batches
-    of at most lorafit's default token budget, the loss normalised over the step), the last layer for the first
-    token only, and on CPU the cheaper dropout masks (and bf16 frozen weights under bf16) and the per-layer memory
-    release (``release_memory``; None: lorafit's default, off)."""
+    of at most lorafit's default token budget, parallel parts where they apply, the loss normalised over the
+    step), the last layer for the first token only, and on CPU the cheaper dropout masks (and bf16 frozen weights
+    under bf16) and the per-layer memory release (``release_memory``; None: lorafit's default, off)."""
     from contextlib import ExitStack
 
     import torch
@@ -269,9 +269,10 @@ def hf_train(model_dir: Path, train_file: Path, out: Path, *, steps: int, batch:
     with ExitStack() as context:
         if speedups:
             from lorafit import speedups as sp
-            from lorafit.training import resolve_micro_batch_tokens
+            from lorafit.training import resolve_micro_batch_tokens, resolve_parallel_parts
 
             trainer.micro_batch_tokens = resolve_micro_batch_tokens(None)
+            trainer.parallel_parts = resolve_parallel_parts(None, model, args)  # 1 for full fine-tuning
             if bf16:
                 sp.frozen_linears_to_bf16(model)  # none under full fine-tuning: every weight trains
             context.enter_context(sp.training_speedups(model))

@@ -1,9 +1,11 @@
 """One optimizer step is one step however the batch is cut: gradient accumulation and lorafit's micro-batches
-give the same loss and the same weights as the whole batch, with and without class weights."""
+give the same loss and the same weights as the whole batch, with and without class weights; so do parallel parts
+(each on its own thread), alone and in groups."""
 
 from __future__ import annotations
 
 import csv
+import threading
 
 import pytest
 import torch
@@ -48,21 +50,41 @@ def test_accumulation_and_micro_batches_give_the_whole_batch_update(no_dropout_m
 
     parts_seen = []
     real_split = trainer_utils.split_batch
-    monkeypatch.setattr(trainer_utils, "split_batch", lambda inputs, budget: parts_seen.append(
-        len(p := real_split(inputs, budget))) or p)
+    monkeypatch.setattr(trainer_utils, "split_batch", lambda inputs, budget, multiple=1: parts_seen.append(
+        (multiple, len(p := real_split(inputs, budget, multiple)))) or p)
+    threads_seen = set()
+    real_run = trainer_utils.run_parts
+
+    def run_parts(part_grads, parts, params, threads):
+        def recorded(part):
+            threads_seen.add((threading.current_thread().name, torch.get_num_threads()))
+            return part_grads(part)
+        return real_run(recorded, parts, params, threads)
+
+    monkeypatch.setattr(trainer_utils, "run_parts", run_parts)
     extra = ["--set", "data.class_weights=auto"] if weights else []
+    one = ["--set", "parallel_parts=1"]
     runs = {
         "whole": _train(cli, no_dropout_model, tmp_path / "a", "--batch-size", "8", "--set", "micro_batch_tokens=0",
-                        *extra),
+                        *one, *extra),
         "accumulated": _train(cli, no_dropout_model, tmp_path / "b", "--batch-size", "4", "--set",
-                              "training.gradient_accumulation_steps=2", "--set", "micro_batch_tokens=0", *extra),
+                              "training.gradient_accumulation_steps=2", "--set", "micro_batch_tokens=0", *one, *extra),
         "micro": _train(cli, no_dropout_model, tmp_path / "c", "--batch-size", "8", "--set", "micro_batch_tokens=20",
-                        *extra),
+                        *one, *extra),
     }
-    assert max(parts_seen) >= 3  # the micro run really cut its batches (8 rows of > 8 tokens each)
+    assert max(n for m, n in parts_seen if m == 1) >= 3  # the micro run really cut its batches (8 rows of > 8 tokens)
+    assert not threads_seen
+    runs["parallel"] = _train(cli, no_dropout_model, tmp_path / "d", "--batch-size", "8", "--set",
+                              "micro_batch_tokens=0", "--set", "parallel_parts=2", *extra)
+    assert {n for m, n in parts_seen if m == 2} == {2}
+    runs["parallel micro"] = _train(cli, no_dropout_model, tmp_path / "e", "--batch-size", "8", "--set",
+                                    "micro_batch_tokens=40", "--set", "parallel_parts=2", *extra)
+    assert max(n for m, n in parts_seen if m == 2) >= 4  # 2 at a time, in more than one group
+    # each part ran on a thread of its own, with one intra-op thread
+    assert {t for t, _ in threads_seen} == {"MainThread", "lorafit-part_0"} and {n for _, n in threads_seen} == {1}
     (log, weights_a) = runs["whole"]
     assert len(log) == 3
-    for name in ("accumulated", "micro"):
+    for name in ("accumulated", "micro", "parallel", "parallel micro"):
         other_log, other_w = runs[name]
         assert [x for r in other_log for x in r] == pytest.approx([x for r in log for x in r], rel=1e-5), name
         assert max((weights_a[k] - other_w[k]).abs().max().item() for k in weights_a) < 1e-6, name
@@ -104,5 +126,43 @@ def test_split_batch_parts_and_trimming():
     assert parts[0]["input_ids"].shape == (3, 10) and parts[1]["input_ids"].shape == (3, 4)  # cut to its rows
     assert torch.equal(parts[1]["input_ids"], ids[3:, :4])
     assert len(split_batch(batch, 1)) == 6  # never more parts than rows
+    # parallel parts: a multiple of that many, every n-th row each (rows of like lengths side by side)
+    assert [p["labels"].tolist() for p in split_batch(batch, 0, 2)] == [[0, 2, 4], [1, 3, 5]]
+    parts = split_batch(batch, 20, 2)  # 60 tokens in parts of <= 20: 3, rounded up to 4
+    assert [p["labels"].tolist() for p in parts] == [[0, 4], [1, 5], [2], [3]]
+    assert [p["input_ids"].shape[1] for p in parts] == [10, 10, 10, 4]
+    assert len(split_batch(batch, 1, 4)) == 6
     left = dict(batch, attention_mask=mask.flip(1))  # left padding: parts keep the full width
     assert all(p["input_ids"].shape[1] == 10 for p in split_batch(left, 30))
+
+
+def test_parallel_parts_repeat_exactly_with_dropout(tiny_roberta, cli, tmp_path):
+    """With dropout on, two runs with parallel parts and the same seed give the same weights bit for bit: each
+    part's masks come from its own seed, not from whichever thread draws first."""
+    from safetensors.torch import load_file
+
+    data = write_csv(tmp_path / "train.csv", make_rows(48, 5))
+    weights = []
+    for name in ("a", "b"):
+        res = cli("train", "--model", tiny_roberta, "--train-file", data, "--output-dir", tmp_path / name,
+                  "--max-steps", "4", "--precision", "fp32", "--batch-size", "8", "--set", "parallel_parts=2",
+                  "--set", "training.eval_strategy=no", "--set", "training.save_strategy=no")
+        assert res.code == 0, res.output
+        weights.append(load_file(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_parallel_parts_where_they_cannot_hold_a_seed(tiny_roberta, cls_data, cli, tmp_path):
+    """Gradient checkpointing recomputes dropout from torch's global generator: asked for there, parallel parts are
+    a one-line error naming why; by default they resolve to 1 (off), written in config.yaml."""
+    import yaml
+
+    common = ["train", "--model", tiny_roberta, "--train-file", cls_data["train"], "--max-steps", "2",
+              "--precision", "fp32", "--set", "training.gradient_checkpointing=true", "--set",
+              "training.eval_strategy=no", "--set", "training.save_strategy=no"]
+    res = cli(*common, "--output-dir", tmp_path / "asked", "--set", "parallel_parts=2")
+    assert res.code != 0 and "E003" in res.output and "gradient checkpointing" in res.output, res.output
+    assert "Traceback" not in res.output
+    res = cli(*common, "--output-dir", tmp_path / "auto")
+    assert res.code == 0, res.output
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["parallel_parts"] == 1

@@ -19,7 +19,7 @@ def _train_cmd(model, train, out, *extra):
             "--output-dir", str(out), "--precision", "fp32", "--batch-size", "8", "--lr", "5e-3",
             "--max-steps", "1200", "--set", "training.eval_strategy=steps", "--set", "training.eval_steps=200",
             "--set", "training.save_strategy=steps", "--set", "training.save_steps=40", "--set",
-            "training.logging_steps=10", *extra]
+            "training.logging_steps=10", "--set", "parallel_parts=2", *extra]  # parts on two threads, as on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,38 @@ def test_large_masks_draw_two_streams_whatever_the_thread_count():
     assert not torch.equal(masks.keep_mask(shape, 0.1), masks.keep_mask(shape, 0.1))  # the stream moves on
 
 
+def test_part_streams_give_each_part_its_own_masks_whatever_the_threads_do():
+    """A parallel part draws its masks from its own seed (masks.part_stream): the same masks for a seed alone or
+    with other parts drawing on other threads at the same time, and torch's default generator left where it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shapes = [(300, 1000), (8, 100), (70_000,)]  # large ones drawn in two halves, small ones in one
+
+    def draw(seed):
+        torch.set_num_threads(1)  # as parts run: one intra-op thread each
+        with masks.part_stream(seed):
+            return [masks.keep_mask(s, 0.1) for s in shapes]
+
+    threads = torch.get_num_threads()
+    try:
+        alone = {seed: draw(seed) for seed in (11, 12)}
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(draw, [11, 12] * 4))
+    assert torch.equal(torch.random.get_rng_state(), before)  # parts do not draw from the default generator
+    for seed, got in zip([11, 12] * 4, together, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(alone[seed], got, strict=True))
+    assert not torch.equal(alone[11][0], alone[12][0])
+    assert abs(alone[11][0].float().mean().item() - 0.9) < 0.004
+    torch.manual_seed(3)
+    outside = masks.keep_mask((8, 100), 0.1)  # outside a part: torch's generator, as before
+    torch.manual_seed(3)
+    assert torch.equal(outside, masks.keep_mask((8, 100), 0.1))
+
+
 def _draw_large_mask() -> None:
     torch.set_num_threads(2)
     masks.keep_mask((300, 1000), 0.1)
@@ -195,9 +227,19 @@ def test_bf16_frozen_linears_are_bit_identical_under_autocast(tiny_roberta):
         assert torch.equal(ref(input_ids=ids).logits, fast(input_ids=ids).logits)
 
 
-def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cli):
+def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cli, monkeypatch):
     """A bf16 CPU run (fast dropout + bf16 frozen weights) trains, learns, and is scored in bf16."""
+    import threading
+
     import yaml
+
+    seen = set()
+
+    def keep_mask(shape, p):
+        seen.add((threading.current_thread().name, torch.is_autocast_enabled("cpu")))
+        return masks.keep_mask(shape, p)
+
+    monkeypatch.setattr(speedups, "keep_mask", keep_mask)
 
     from lorafit.artifacts import read_json
     from lorafit.inference import cpu_has_bf16
@@ -210,6 +252,9 @@ def test_bf16_run_goes_through_the_speedups(tmp_path, tiny_roberta, cls_data, cl
     # lr 1e-2, as in conftest.FAST: at 2e-2 this 2-layer model stalled near chance for some seeds (seed 42 at 0.5
     # with the PCG64 mask stream, seeds 44 and 46 at 0.68 / 0.67 with torch's), 1e-2 gives 0.78-0.90 on seeds 42-47
     assert res.code == 0, res.output
+    # parallel parts (on by default with 2+ threads) run under autocast on their own threads too
+    if yaml.safe_load((out / "config.yaml").read_text())["parallel_parts"] > 1:
+        assert ("lorafit-part_0", True) in seen and ("MainThread", True) in seen
     metrics = read_json(out / "metrics.json")
     assert metrics["scored_in"] == "bf16"
     assert yaml.safe_load((out / "config.yaml").read_text())["release_memory"] is False  # bf16 default

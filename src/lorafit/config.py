@@ -117,6 +117,12 @@ class Config:
     micro_batch_tokens: int | None = _f(None, "Run a training batch of more padded tokens than this as consecutive "
                                         "parts, gradients summed before the one optimizer step (same update, less "
                                         "memory). Default: 2048 on CPU, whole batches on GPU; 0: never split.")
+    parallel_parts: int | None = _f(None, "CPU training: run this many parts of each batch at once, each on its "
+                                    "own thread with one intra-op thread, their gradients added in a fixed order "
+                                    "(the same update up to float rounding, a seed gives the same run; faster on "
+                                    "2+ cores, measured in docs/benchmarks.md). Default: torch's thread count where "
+                                    "it applies (CPU, one process, fast_dropout, no gradient checkpointing, BERT-"
+                                    "family model), else 1; 1: off.")
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data sources and columns."})
@@ -163,6 +169,9 @@ class Config:
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 0:
             raise LorafitError("E003", key="micro_batch_tokens", value=self.micro_batch_tokens,
                                expected="a number of tokens >= 0 (0: never split a batch)")
+        if self.parallel_parts is not None and self.parallel_parts < 1:
+            raise LorafitError("E003", key="parallel_parts", value=self.parallel_parts,
+                               expected="a number of parts >= 1 (1: off)")
         cw = self.data.class_weights
         if isinstance(cw, str) and cw != "auto":
             raise LorafitError("E003", key="data.class_weights", value=cw, expected="'auto' or a list of numbers")

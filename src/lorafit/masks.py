@@ -5,13 +5,20 @@ A mask costs one 64-bit word per four elements; the element is dropped when its 
 round(p * 65536). Same p to 1/65536, every draw rooted in torch's generator (seeding and exact resume hold). Masks
 of 65,536 elements and more are drawn in two halves from two streams, the second on a helper thread: the same mask
 for a seed whatever the thread count.
+
+Parallel parts of a batch (lorafit.trainer_utils) draw on their own threads: each part's thread takes its seeds from
+a generator of its own (``part_stream``), itself seeded from torch's generator in the caller's thread, so the masks
+stay rooted in ``torch.manual_seed`` and do not depend on how the threads interleave.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -64,13 +71,14 @@ def _seeds(k: int) -> list[int]:
     ``torch.manual_seed`` and the Trainer's RNG checkpoints (exact resume) as torch's own draws would, while PCG64
     draws the words at 2.4x the speed of torch's mt19937 ``random_`` (0.82 instead of 1.98 ms for 344,064 words, one
     core of the benchmark VM), whose serial loop took 4.5% of a bf16 training step."""
-    drawn = torch.empty(2 * k, dtype=torch.int64).random_(-(2**63), None).tolist()
+    generator = getattr(_LOCAL, "generator", None)  # a parallel part's own (part_stream), else torch's default
+    drawn = torch.empty(2 * k, dtype=torch.int64).random_(-(2**63), None, generator=generator).tolist()
     return [(drawn[2 * i] % 2**64) << 64 | drawn[2 * i + 1] % 2**64 for i in range(k)]
 
 
 def _seeded(stream: int, seed: int) -> np.random.PCG64:
     """Generator ``stream`` (0: the caller's thread, 1: the helper's) set to start at ``seed``."""
-    pcg = _PCG[stream]
+    pcg = _pcgs()[stream]
     state = pcg.state
     state["state"]["state"] = seed
     state["state"]["inc"] = _PCG_INC
@@ -88,7 +96,30 @@ os.register_at_fork(after_in_child=_helper.cache_clear)  # a forked child has no
 
 
 SPLIT_WORDS = 16_384  # masks of 65,536 elements and more: below, handing half to a thread costs more than it saves
-_PCG = (np.random.PCG64(0), np.random.PCG64(0))  # their states are set from torch's generator before every use
+_LOCAL = threading.local()  # per thread: its two PCG64 generators and, in a parallel part, its seed generator
+
+
+def _pcgs() -> tuple[np.random.PCG64, np.random.PCG64]:
+    """This thread's two PCG64 generators, whose states are set from a seed before every use: threads drawing at
+    once must not share one."""
+    pcgs = getattr(_LOCAL, "pcgs", None)
+    if pcgs is None:
+        pcgs = _LOCAL.pcgs = (np.random.PCG64(0), np.random.PCG64(0))
+    return pcgs
+
+
+@contextmanager
+def part_stream(seed: int) -> Iterator[None]:
+    """In this thread, draw mask seeds from a generator started at ``seed`` instead of torch's default generator:
+    a parallel part's masks then depend on its seed alone, not on what the other parts' threads draw meanwhile."""
+    previous = getattr(_LOCAL, "generator", None)
+    _LOCAL.generator = torch.Generator().manual_seed(seed)
+    try:
+        yield
+    finally:
+        _LOCAL.generator = previous
+
+
 _PCG_INC = 0x5851F42D4C957F2D14057B7EF767814F  # a fixed odd increment: one PCG64 cycle, entered at random points
 
 

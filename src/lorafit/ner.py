@@ -471,6 +471,7 @@ def train_ner(config: Config, *, resume: bool | str = False, quiet: bool = False
         out.mkdir(parents=True, exist_ok=True)
     training.wait_for_everyone()
     model = modeling.wrap(base, lcfg)
+    cfg.parallel_parts = training.resolve_parallel_parts(cfg.parallel_parts, model, targs, cfg.fast_dropout)
     counts = modeling.count_parameters(model)
     stats = _stats(nd, lengths, max_length, suggested, limit, stride, cfg.data.label_all_subtokens)
     cfg.resolved = training.run_facts(precision_why, suggested, limit, new_modules, lcfg, model, labels, nd.sources)

@@ -38,6 +38,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cache
@@ -183,13 +185,14 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), None
 
 
-class _LastTensorCache:
-    """One entry: a tensor derived (in a dtype) from the last input seen, rebuilt when the input is another tensor,
-    was changed in place since, or the dtype differs. Holds the input and its derivative until the next input or
-    ``clear``; one training thread, as for the mask stream."""
+class _LastTensorCache(threading.local):
+    """One entry per thread: a tensor derived (in a dtype) from the last input seen, rebuilt when the input is
+    another tensor, was changed in place since, or the dtype differs. Holds the input and its derivative until the
+    next input or ``clear`` (which clears the calling thread's entry); parallel parts of a batch each keep their own."""
 
     def __init__(self) -> None:
         self.entry: tuple[torch.Tensor, int, torch.dtype, torch.Tensor] | None = None
+        _CACHES.add(self)
 
     def get(self, x: torch.Tensor, dtype: torch.dtype, build: Any) -> torch.Tensor:
         e = self.entry
@@ -199,6 +202,16 @@ class _LastTensorCache:
 
     def clear(self) -> None:
         self.entry = None
+
+
+_CACHES: weakref.WeakSet[_LastTensorCache] = weakref.WeakSet()
+
+
+def clear_thread_caches() -> None:
+    """Drop what every ``_LastTensorCache`` holds for the calling thread (a parallel part's thread, once its part is
+    done: the tensors it cached are not needed again)."""
+    for cache_ in list(_CACHES):
+        cache_.clear()
 
 
 _MASKS = _LastTensorCache()  # every layer of a forward pass reuses its attention mask's additive form

@@ -3,6 +3,8 @@ goes, weighted loss, early stopping and resume. Shared by classification and NER
 
 from __future__ import annotations
 
+import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,27 @@ def trainer_class() -> Any:
         gradients summed before the one optimizer step (the same update, less memory for activations)."""
 
         micro_batch_tokens = 0
+        parallel_parts = 1
+
+        def _parallel_step(self, model: Any, parts: list[Any], num_items_in_batch: Any) -> Any:
+            """Run ``parts`` (a multiple of ``parallel_parts``) ``parallel_parts`` at a time, each on its own
+            thread with one intra-op thread, and add their gradients to the parameters' in part order; see
+            ``run_parts``."""
+            import torch
+
+            model.train()
+            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+                self.optimizer.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            scale = 1.0 / self.accelerator.gradient_accumulation_steps  # what accelerator.backward divides by
+
+            def part_grads(part: Any) -> tuple[Any, tuple[Any, ...]]:
+                with self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, self._prepare_inputs(part), num_items_in_batch=num_items_in_batch)
+                return loss.detach(), torch.autograd.grad(loss * scale, params, allow_unused=True)
+
+            losses = run_parts(part_grads, parts, params, self.parallel_parts)
+            return torch.stack(losses).sum()
 
         def _get_num_items_in_batch(self, batch_samples: list[Any], device: Any) -> Any:
             """With class weights a step's loss is normalised by the sum of its labels' weights (training and
@@ -82,6 +105,10 @@ def trainer_class() -> Any:
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
             from contextlib import nullcontext
 
+            if self.parallel_parts > 1 and num_items_in_batch is not None:
+                parts = split_batch(inputs, self.micro_batch_tokens // self.parallel_parts, self.parallel_parts)
+                if len(parts) > 1:
+                    return self._parallel_step(model, parts, num_items_in_batch)
             parts = split_batch(inputs, self.micro_batch_tokens) if num_items_in_batch is not None else [inputs]
             loss = None
             for k, part in enumerate(parts):  # gradients synchronise (DDP) once, after the last part
@@ -218,20 +245,25 @@ def label_mass(labels: Any, weights: Any = None) -> Any:
     return keep.numel() if weights is None else weights.to(keep.device)[keep].sum()
 
 
-def split_batch(inputs: dict[str, Any], budget: int) -> list[dict[str, Any]]:
-    """Rows of a padded batch in consecutive parts of at most ``budget`` padded tokens each (whole batch when it
-    fits), each part cut to its own longest row when the batch is right-padded."""
+def split_batch(inputs: dict[str, Any], budget: int, multiple: int = 1) -> list[dict[str, Any]]:
+    """Rows of a padded batch in parts of at most ``budget`` padded tokens each (whole batch when it fits and
+    ``multiple`` is 1), each part cut to its own longest row when the batch is right-padded.
+
+    ``multiple`` > 1 (parallel parts): a multiple of that many parts, as rows allow, each taking every n-th row
+    (rows k, k+n, ...), so that parts run side by side get rows of like lengths (length-grouped batches are sorted
+    by length) and finish together; otherwise consecutive rows."""
     ids = inputs["input_ids"]
     rows, width = ids.shape
-    parts = min(rows, -(-rows * width // budget)) if budget > 0 else 1
+    parts = -(-rows * width // budget) if budget > 0 else 1
+    parts = min(rows, -(-parts // multiple) * multiple)
     if parts <= 1:
         return [inputs]
     mask = inputs.get("attention_mask")
     right_padded = mask is not None and bool(mask[:, 0].all())
     out = []
     for k in range(parts):
-        lo, hi = k * rows // parts, (k + 1) * rows // parts
-        part = {key: v[lo:hi] if hasattr(v, "shape") and v.dim() and v.shape[0] == rows else v
+        take = slice(k, None, parts) if multiple > 1 else slice(k * rows // parts, (k + 1) * rows // parts)
+        part = {key: v[take] if hasattr(v, "shape") and v.dim() and v.shape[0] == rows else v
                 for key, v in inputs.items()}
         if right_padded:
             w = int(part["attention_mask"].sum(dim=1).max())
@@ -239,6 +271,61 @@ def split_batch(inputs: dict[str, Any], budget: int) -> list[dict[str, Any]]:
                     for key, v in part.items()}
         out.append(part)
     return out
+
+
+def run_parts(part_grads: Any, parts: list[Any], params: list[Any], threads: int) -> list[Any]:
+    """Run ``part_grads(part) -> (loss, grads of params)`` for every part, ``threads`` at a time: the first of
+    each group on this thread, the others on a pool, every one with one intra-op thread and its dropout masks from a
+    seed drawn here from torch's generator (``lorafit.masks.part_stream``). The grads are added to ``p.grad`` in part
+    order, whatever order the threads finish in: the same update for a seed on every run, and (up to float
+    rounding) the one the whole batch gives. Returns the parts' losses in order.
+
+    Why (docs/benchmarks.md): in eager PyTorch the main thread runs Python, op dispatch and allocation between the
+    matmuls while torch's other intra-op threads wait (a sixth of a bf16 step on 2 cores, measured); parts on their
+    own threads fill that time with another part's work."""
+    import torch
+
+    from lorafit.masks import part_stream
+    from lorafit.speedups import clear_thread_caches
+
+    def run(part: Any, seed: int) -> tuple[Any, tuple[Any, ...]]:
+        torch.set_num_threads(1)
+        try:
+            with part_stream(seed):
+                return part_grads(part)
+        finally:
+            clear_thread_caches()
+
+    main_threads = torch.get_num_threads()
+    losses = []
+    try:
+        for lo in range(0, len(parts), threads):
+            group = parts[lo:lo + threads]
+            seeds = torch.empty(len(group), dtype=torch.int64).random_(0, None).tolist()
+            pool = _part_pool(threads - 1)
+            futures = [pool.submit(run, part, seed) for part, seed in zip(group[1:], seeds[1:], strict=True)]
+            try:
+                results = [run(group[0], seeds[0])]
+            finally:
+                results += [f.result() for f in futures]  # waits for every thread, re-raises a part's error
+            for loss, grads in results:
+                losses.append(loss)
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.grad = g if p.grad is None else p.grad.add_(g)
+    finally:
+        torch.set_num_threads(main_threads)
+    return losses
+
+
+@cache
+def _part_pool(workers: int) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorafit-part")
+
+
+os.register_at_fork(after_in_child=_part_pool.cache_clear)  # a forked child has no pool threads: it starts its own
 
 
 def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds: Any,
@@ -264,6 +351,7 @@ def build_trainer(model: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds:
         callbacks=callbacks,
     )
     trainer.micro_batch_tokens = int(cfg.micro_batch_tokens or 0)
+    trainer.parallel_parts = int(cfg.parallel_parts or 1)
     return trainer
 
 

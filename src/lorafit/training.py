@@ -112,6 +112,43 @@ def resolve_release_memory(requested: bool | None) -> bool:
     return False
 
 
+PARALLEL_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")  # every dropout is a module lorafit swaps
+
+
+def resolve_parallel_parts(requested: int | None, model: Any, targs: Any, fast_dropout: bool = True) -> int:
+    """How many parts of a batch CPU training runs at once, each on its own thread (LorafitTrainer): torch's thread
+    count by default where that keeps a run reproducible, else 1. An explicit number where it does not is an
+    error (E003) naming why.
+
+    Reproducible means every random draw comes from the part's own seed: lorafit's dropout masks
+    (``fast_dropout``), in a model family whose dropouts are all modules that lorafit swaps and whose attention runs
+    through lorafit's (SDPA); gradient checkpointing's recomputation would read torch's global generator instead."""
+    import torch
+
+    if requested is not None and requested <= 1:
+        return 1
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blockers = [
+        (targs.device.type != "cpu", f"parts run on CPU only (device: {targs.device.type})"),
+        (targs.world_size > 1, "one training process only (torchrun / accelerate run processes of their own)"),
+        (not fast_dropout, "they need lorafit's dropout masks (fast_dropout=true)"),
+        (bool(targs.gradient_checkpointing), "gradient checkpointing recomputes dropout from torch's global generator"),
+        (kind not in PARALLEL_MODEL_TYPES, f"model type {kind!r}: only {', '.join(PARALLEL_MODEL_TYPES)}"),
+        (getattr(config, "_attn_implementation", "sdpa") != "sdpa"
+         and getattr(config, "attention_probs_dropout_prob", 0) > 0, "attention dropout outside SDPA"),
+        (trainable > sum(p.numel() for p in model.parameters()) // 10,
+         "more than a tenth of the weights train: each part would hold a gradient of them all"),
+    ]
+    why = next((text for blocked, text in blockers if blocked), None)
+    if why is not None:
+        if requested is not None:
+            raise LorafitError("E003", key="parallel_parts", value=requested, expected=f"1 (off) here: {why}")
+        return 1
+    return int(requested) if requested is not None else torch.get_num_threads()
+
+
 def resolve_run(cfg: Any, precision: str, model_path: str) -> None:
     """Write the run-time choices every task shares into ``cfg``: precision, speed-ups, absolute paths."""
     cfg.precision = precision
@@ -244,6 +281,7 @@ def _train_classification(config: Config, *, resume: bool | str, quiet: bool, al
         out.mkdir(parents=True, exist_ok=True)
     wait_for_everyone()
     model = modeling.wrap(base, lcfg)
+    cfg.parallel_parts = resolve_parallel_parts(cfg.parallel_parts, model, targs, cfg.fast_dropout)
     counts = modeling.count_parameters(model)
     cfg.resolved = run_facts(precision_why, suggested, limit, new_modules, lcfg, model, labels.names, ds.sources)
     cfg.resolved["filtered_train_rows"] = ds.filtered
