@@ -65,7 +65,9 @@ def trainer_class() -> Any:
         """The HF Trainer with an epoch-seeded training sampler (exact resume, see epoch_seeded_sampler), a loss
         normalised over the whole optimizer step (batch_loss), and micro-batches: a training batch of more than
         ``micro_batch_tokens`` padded tokens runs forward and backward in parts of at most that many, their
-        gradients summed before the one optimizer step (the same update, less memory for activations)."""
+        gradients summed before the one optimizer step (the same update, less memory for activations); with
+        ``parallel_parts`` > 1 that many parts run at once, each on its own thread (``run_parts``), each part at
+        most ``micro_batch_tokens / parallel_parts`` tokens, so as many tokens are in flight as before."""
 
         micro_batch_tokens = 0
         parallel_parts = 1
