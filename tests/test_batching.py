@@ -132,6 +132,11 @@ def test_split_batch_parts_and_trimming():
     assert [p["labels"].tolist() for p in parts] == [[0, 4], [1, 5], [2], [3]]
     assert [p["input_ids"].shape[1] for p in parts] == [10, 10, 10, 4]
     assert len(split_batch(batch, 1, 4)) == 6
+    tokens = dict(batch, labels=ids % 3)  # a token classifier's labels: 2-D, flattened with view() by its loss
+    for budget, multiple in ((30, 1), (0, 2), (20, 2)):
+        for p in split_batch(tokens, budget, multiple):
+            assert all(v.is_contiguous() for v in p.values())
+            p["labels"].view(-1)
     left = dict(batch, attention_mask=mask.flip(1))  # left padding: parts keep the full width
     assert all(p["input_ids"].shape[1] == 10 for p in split_batch(left, 30))
 
@@ -166,3 +171,31 @@ def test_parallel_parts_where_they_cannot_hold_a_seed(tiny_roberta, cls_data, cl
     res = cli(*common, "--output-dir", tmp_path / "auto")
     assert res.code == 0, res.output
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["parallel_parts"] == 1
+
+
+def test_a_failing_part_raises_its_own_error_after_the_others_finish():
+    """An error in the part on the calling thread propagates as itself (not masked by the bookkeeping), once the
+    other threads' parts are done; an error on a pool thread propagates too; torch's thread count is restored."""
+    import time
+
+    from lorafit.trainer_utils import run_parts
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    finished = []
+    threads = torch.get_num_threads()
+
+    def part_grads(part):
+        if part == "bad":
+            raise ValueError("part failed")
+        time.sleep(0.2)
+        finished.append(part)
+        return torch.tensor(1.0), (torch.ones(2),)
+
+    with pytest.raises(ValueError, match="part failed"):
+        run_parts(part_grads, ["bad", "good"], [param], 2)
+    assert finished == ["good"] and param.grad is None
+    with pytest.raises(ValueError, match="part failed"):
+        run_parts(part_grads, ["good", "bad"], [param], 2)
+    assert torch.get_num_threads() == threads
+    losses = run_parts(part_grads, ["a", "b", "c"], [param], 2)
+    assert len(losses) == 3 and param.grad.tolist() == [3.0, 3.0]

@@ -271,7 +271,8 @@ def split_batch(inputs: dict[str, Any], budget: int, multiple: int = 1) -> list[
             w = int(part["attention_mask"].sum(dim=1).max())
             part = {key: v[:, :w] if hasattr(v, "shape") and v.dim() == 2 and v.shape[1] == width else v
                     for key, v in part.items()}
-        out.append(part)
+        # copies of their own: a token classifier's loss flattens its labels with view(), which a slice refuses
+        out.append({key: v.contiguous() if hasattr(v, "contiguous") else v for key, v in part.items()})
     return out
 
 
@@ -285,6 +286,8 @@ def run_parts(part_grads: Any, parts: list[Any], params: list[Any], threads: int
     Why (docs/benchmarks.md): in eager PyTorch the main thread runs Python, op dispatch and allocation between the
     matmuls while torch's other intra-op threads wait (a sixth of a bf16 step on 2 cores, measured); parts on their
     own threads fill that time with another part's work."""
+    from concurrent.futures import wait
+
     import torch
 
     from lorafit.masks import part_stream
@@ -308,8 +311,10 @@ def run_parts(part_grads: Any, parts: list[Any], params: list[Any], threads: int
             futures = [pool.submit(run, part, seed) for part, seed in zip(group[1:], seeds[1:], strict=True)]
             try:
                 results = [run(group[0], seeds[0])]
-            finally:
-                results += [f.result() for f in futures]  # waits for every thread, re-raises a part's error
+            except BaseException:
+                wait(futures)  # no part left running when the error propagates
+                raise
+            results += [f.result() for f in futures]  # re-raises a part's error
             for loss, grads in results:
                 losses.append(loss)
                 for p, g in zip(params, grads, strict=True):
