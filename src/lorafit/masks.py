@@ -71,14 +71,14 @@ def _seeds(k: int) -> list[int]:
     ``torch.manual_seed`` and the Trainer's RNG checkpoints (exact resume) as torch's own draws would, while PCG64
     draws the words at 2.4x the speed of torch's mt19937 ``random_`` (0.82 instead of 1.98 ms for 344,064 words, one
     core of the benchmark VM), whose serial loop took 4.5% of a bf16 training step."""
-    generator = getattr(_LOCAL, "generator", None)  # a parallel part's own (part_stream), else torch's default
+    generator = _LOCAL.generator  # a parallel part's own (part_stream), else None: torch's default
     drawn = torch.empty(2 * k, dtype=torch.int64).random_(-(2**63), None, generator=generator).tolist()
     return [(drawn[2 * i] % 2**64) << 64 | drawn[2 * i + 1] % 2**64 for i in range(k)]
 
 
 def _seeded(stream: int, seed: int) -> np.random.PCG64:
     """Generator ``stream`` (0: the caller's thread, 1: the helper's) set to start at ``seed``."""
-    pcg = _pcgs()[stream]
+    pcg = _LOCAL.pcgs[stream]
     state = pcg.state
     state["state"]["state"] = seed
     state["state"]["inc"] = _PCG_INC
@@ -96,23 +96,23 @@ os.register_at_fork(after_in_child=_helper.cache_clear)  # a forked child has no
 
 
 SPLIT_WORDS = 16_384  # masks of 65,536 elements and more: below, handing half to a thread costs more than it saves
-_LOCAL = threading.local()  # per thread: its two PCG64 generators and, in a parallel part, its seed generator
+class _ThreadState(threading.local):
+    """Per thread: its two PCG64 generators, whose states are set from a seed before every use (threads drawing at
+    once must not share one), and, in a parallel part, the generator its seeds come from (``part_stream``)."""
+
+    def __init__(self) -> None:
+        self.pcgs = (np.random.PCG64(0), np.random.PCG64(0))
+        self.generator: torch.Generator | None = None
 
 
-def _pcgs() -> tuple[np.random.PCG64, np.random.PCG64]:
-    """This thread's two PCG64 generators, whose states are set from a seed before every use: threads drawing at
-    once must not share one."""
-    pcgs = getattr(_LOCAL, "pcgs", None)
-    if pcgs is None:
-        pcgs = _LOCAL.pcgs = (np.random.PCG64(0), np.random.PCG64(0))
-    return pcgs
+_LOCAL = _ThreadState()
 
 
 @contextmanager
 def part_stream(seed: int) -> Iterator[None]:
     """In this thread, draw mask seeds from a generator started at ``seed`` instead of torch's default generator:
     a parallel part's masks then depend on its seed alone, not on what the other parts' threads draw meanwhile."""
-    previous = getattr(_LOCAL, "generator", None)
+    previous = _LOCAL.generator
     _LOCAL.generator = torch.Generator().manual_seed(seed)
     try:
         yield

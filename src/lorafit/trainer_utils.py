@@ -303,11 +303,11 @@ def run_parts(part_grads: Any, parts: list[Any], params: list[Any], threads: int
 
     main_threads = torch.get_num_threads()
     losses = []
+    pool = _part_pool(threads - 1)
     try:
         for lo in range(0, len(parts), threads):
             group = parts[lo:lo + threads]
             seeds = torch.empty(len(group), dtype=torch.int64).random_(0, None).tolist()
-            pool = _part_pool(threads - 1)
             futures = [pool.submit(run, part, seed) for part, seed in zip(group[1:], seeds[1:], strict=True)]
             try:
                 results = [run(group[0], seeds[0])]

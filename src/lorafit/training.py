@@ -125,11 +125,13 @@ def resolve_parallel_parts(requested: int | None, model: Any, targs: Any, fast_d
     through lorafit's (SDPA); gradient checkpointing's recomputation would read torch's global generator instead."""
     import torch
 
+    from lorafit.modeling import count_parameters
+
     if requested is not None and requested <= 1:
         return 1
     config = getattr(model, "config", None)
     kind = getattr(config, "model_type", None)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts = count_parameters(model)
     blockers = [
         (targs.device.type != "cpu", f"parts run on CPU only (device: {targs.device.type})"),
         (targs.world_size > 1, "one training process only (torchrun / accelerate run processes of their own)"),
@@ -138,7 +140,7 @@ def resolve_parallel_parts(requested: int | None, model: Any, targs: Any, fast_d
         (kind not in PARALLEL_MODEL_TYPES, f"model type {kind!r}: only {', '.join(PARALLEL_MODEL_TYPES)}"),
         (getattr(config, "_attn_implementation", "sdpa") != "sdpa"
          and getattr(config, "attention_probs_dropout_prob", 0) > 0, "attention dropout outside SDPA"),
-        (trainable > sum(p.numel() for p in model.parameters()) // 10,
+        (counts["trainable"] > counts["total"] // 10,
          "more than a tenth of the weights train: each part would hold a gradient of them all"),
     ]
     why = next((text for blocked, text in blockers if blocked), None)
