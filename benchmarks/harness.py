@@ -508,6 +508,18 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
+def paired_interval(gold: list[int], a: list[int], b: list[int], n: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of accuracy(b) - accuracy(a) in points, rows resampled together."""
+    import numpy as np
+
+    g, a_, b_ = np.asarray(gold), np.asarray(a), np.asarray(b)
+    diff = (b_ == g).astype(float) - (a_ == g).astype(float)
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return 100 * float(lo), 100 * float(hi)
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 

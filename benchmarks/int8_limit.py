@@ -4,8 +4,9 @@ ONNX Runtime's dynamic int8 speeds up the linear layers only (every other op sta
 in one command with the same threads, each linear layer of the roberta-base architecture at the rows of one
 batch (32 texts x 52 tokens, AG News's mean length):
 - PyTorch fp32 ``F.linear`` (the reference backend's matmuls);
-- ONNX Runtime int8 as ``lorafit export --quantize int8`` writes it (``quantize_dynamic``: the input quantised on
-  the fly, MatMulInteger, rescale, bias), one single-layer graph per shape;
+- ONNX Runtime int8 as ``lorafit export --quantize int8`` writes it (``lorafit.export.quantize_int8``: the input
+  quantised on the fly, MatMulInteger with one weight scale per output column, rescale, bias), one single-layer
+  graph per shape;
 and the whole PyTorch fp32 forward pass of the model at that batch. The bound on int8's speed-up assumes that
 every non-linear op, attention included, costs int8 nothing:
 
@@ -49,7 +50,8 @@ def int8_linear(k: int, n: int, folder: Path) -> Any:
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from lorafit.export import quantize_int8
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), "W")
@@ -60,7 +62,7 @@ def int8_linear(k: int, n: int, folder: Path) -> Any:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [w, b])
     src, dst = folder / f"fp32_{k}_{n}.onnx", folder / f"int8_{k}_{n}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantize_int8(src, dst)
     return ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
 
 

@@ -49,18 +49,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def paired_interval(gold: list[int], a: list[int], b: list[int], n: int = 2000) -> tuple[float, float]:
-    """95% bootstrap interval of accuracy(b) - accuracy(a) in points, rows resampled together."""
-    import numpy as np
-
-    g, a_, b_ = np.asarray(gold), np.asarray(a), np.asarray(b)
-    diff = (b_ == g).astype(float) - (a_ == g).astype(float)
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return 100 * float(lo), 100 * float(hi)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train", type=int, default=2000)
@@ -115,7 +103,7 @@ def report(trained: dict[str, Any], scored: dict[str, Any], a: argparse.Namespac
     gold = scored["fp32"]["gold"]
     ref, new = scored["fp32"]["fp32"], scored["bf16"]["bf16"]
     delta = 100 * (new["accuracy"] - ref["accuracy"])
-    lo, hi = paired_interval(gold, ref["pred"], new["pred"])
+    lo, hi = h.paired_interval(gold, ref["pred"], new["pred"])
     t_ratio = trained["bf16"]["window"]["samples_per_s"] / t32
     i_ratio = scored["bf16"]["bf16"]["samples_per_s"] / scored["fp32"]["fp32"]["samples_per_s"]
     print(f"\nbf16 training {t_ratio:.2f}x fp32; bf16 inference {i_ratio:.2f}x fp32 (each model in its own precision)")

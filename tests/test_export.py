@@ -100,6 +100,29 @@ def test_int8_graph_is_quantised_and_small(exported):
     assert rep["quantized_ops"]["MatMulInteger"] >= 4  # 2 layers x (q, k, v, out, up, down) minus nothing
 
 
+def weight_zero_points(path) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(weight shape, weight zero-point shape) of every MatMulInteger in a graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [(inits[n.input[1]].shape, inits[n.input[3]].shape) for n in model.graph.node
+            if n.op_type == "MatMulInteger"]
+
+
+def test_int8_weights_have_one_scale_per_output_column(exported):
+    """Per-channel weights: a per-tensor scale let one large weight coarsen a whole matrix (docs/benchmarks.md)."""
+    shapes = weight_zero_points(exported / "model.int8.onnx")
+    assert len(shapes) >= 4
+    for weight, zero_point in shapes:
+        assert zero_point == (weight[1],), (weight, zero_point)
+    scheme = json.loads((exported / "lorafit.json").read_text())["onnx"]["int8_scheme"]
+    assert "per output column" in scheme["weights"]
+    rep = json.loads((exported / "export_report.json").read_text())["variants"]["onnx_int8"]
+    assert rep["scheme"] == scheme
+
+
 def test_report_scores_every_backend_on_the_same_rows(exported, cls_run, cls_data):
     from lorafit.predicting import evaluate_file
 
@@ -284,6 +307,31 @@ def test_minilm_int8_is_small_and_agrees_with_pytorch(minilm_export):
     assert v["onnx_int8"]["eval"]["rows"] == 120
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= op_types(minilm_export / "onnx" / "model.int8.onnx")
     assert "token_type_ids" in rep["inputs"]  # BERT-style inputs survive the export
+
+
+@pytest.mark.slow
+def test_minilm_int8_per_channel_is_closer_to_fp32_than_per_tensor(minilm_export, tmp_path):
+    """On real weights the shipped scheme (one scale per output column) moves the logits less than one scale per
+    tensor, ONNX Runtime's default, on the same rows."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from lorafit.artifacts import read_manifest
+    from lorafit.export import OnnxLogitsModel, load_export
+    from lorafit.inference import Predictor
+
+    folder = minilm_export / "onnx"
+    texts = [r["text"] for r in read_csv(minilm_export / "data" / "test.csv")]
+    per_tensor = tmp_path / "per_tensor.onnx"
+    quantize_dynamic(str(folder / "model.onnx"), str(per_tensor), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    pred = load_export(Predictor, folder, read_manifest(folder), variant="fp32")
+    errors = {}
+    ref = np.asarray(pred.logits(texts))
+    for name, path in (("per_channel", folder / "model.int8.onnx"), ("per_tensor", per_tensor)):
+        pred.model = OnnxLogitsModel(path)
+        errors[name] = float(np.abs(np.asarray(pred.logits(texts)) - ref).mean())
+    assert 0 < errors["per_channel"] < 0.75 * errors["per_tensor"], errors
 
 
 @pytest.mark.slow
