@@ -126,14 +126,12 @@ def run_model(name: str, work: Path, a: argparse.Namespace) -> dict[str, Any]:
              for backend in BACKENDS]
     got = [h.spawn(worker, spec) for spec in specs] if a.smoke else h.spawn_lockstep(worker, specs)
     res = dict(zip(BACKENDS, got, strict=True))
+    ref = [int(p) - 1 for p in res["pytorch_fp32"]["predicted"]]  # AG News labels 1-4
     for backend in BACKENDS:
-        pred = [int(p) - 1 for p in res[backend]["predicted"]]  # AG News labels 1-4
+        pred = [int(p) - 1 for p in res[backend].pop("predicted")]
         res[backend]["accuracy"] = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
-        ref = [int(p) - 1 for p in res["pytorch_fp32"]["predicted"]]
         res[backend]["agreement"] = sum(p == r for p, r in zip(pred, ref, strict=True)) / len(gold)
         res[backend]["delta_interval"] = h.paired_interval(gold, ref, pred)
-    for backend in BACKENDS:
-        del res[backend]["predicted"]
     return {"train": train, "export": exp, "backends": res}
 
 
